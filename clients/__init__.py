@@ -1,0 +1,1 @@
+"""Thin ClientApp handlers: unpack a Message, call the core, pack the reply."""

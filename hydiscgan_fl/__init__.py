@@ -1,0 +1,1 @@
+"""HyDiscGAN core: configuration, data, models, training, metrics and privacy (no Flower imports)."""

@@ -1,0 +1,152 @@
+"""The one configuration model of a run, built from Flower's run config and validated at start.
+
+Run-config keys are kebab-case (``rounds-align``); fields are snake_case. Every default here is
+mirrored in ``pyproject.toml`` under ``[tool.flwr.app.config]`` (a test keeps the two equal).
+Choices the HyDiscGAN paper leaves open (sizes, loss weights, epochs) are fields with documented
+defaults so that they can be changed without touching code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+_PARTITION_RE = re.compile(r"^(speaker|iid|dirichlet:(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)$")
+
+
+class ConfigError(ValueError):
+    """A run-config key or value is wrong; the message names it."""
+
+
+class HyDiscGANConfig(BaseModel):
+    """Every setting of a HyDiscGAN run (run-config key in brackets)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              alias_generator=lambda name: name.replace("_", "-"))
+
+    # What to train on and where to write [dataset, data-dir, output-dir, partition, seed].
+    dataset: str = "mosi-bclstm"
+    data_dir: str = ""  # "" = the data/ folder of the project checkout
+    output_dir: str = ""  # "" = the runs/ folder of the project checkout
+    partition: str = "speaker"
+    seed: int = 0
+
+    # Federated schedule [rounds-align, rounds-msa, local-epochs, batch-size].
+    rounds_align: int = Field(12, ge=0)
+    rounds_msa: int = Field(12, ge=1)
+    local_epochs: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=2)
+    fraction_train: float = Field(1.0, gt=0.0, le=1.0)
+    min_train_replies: int = Field(1, ge=1)
+    round_timeout_s: float = Field(600.0, gt=0.0)
+
+    # Model sizes.
+    noise_dim: int = Field(16, ge=0)
+    hidden_dim: int = Field(128, ge=8)
+    embed_dim: int = Field(64, ge=4)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    # Optimisation (Adam) and loss weights.
+    lr_generator: float = Field(1e-3, gt=0.0)
+    lr_discriminator: float = Field(1e-3, gt=0.0)
+    lr_msa: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    lambda_adv: float = Field(0.1, ge=0.0)
+    lambda_contrastive: float = Field(1.0, ge=0.0)
+    lambda_recon: float = Field(1.0, ge=0.0)
+    lambda_adv_msa: float = Field(0.05, ge=0.0)
+    temperature: float = Field(0.2, gt=0.0)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_form(cls, value: str) -> str:
+        if value in ("mosi-bclstm", "synthetic"):
+            return value
+        if value.startswith("mmsa:"):
+            if not Path(value[5:]).is_absolute():
+                raise ValueError(f"mmsa dataset needs an absolute path to a .pkl, got {value!r}")
+            return value
+        raise ValueError(f"unknown dataset {value!r}; use 'mosi-bclstm', 'synthetic' or 'mmsa:/abs/path.pkl'")
+
+    @field_validator("partition")
+    @classmethod
+    def _partition_form(cls, value: str) -> str:
+        if not _PARTITION_RE.match(value) or value == "dirichlet:0":
+            raise ValueError(f"unknown partition {value!r}; use 'speaker', 'iid' or 'dirichlet:<alpha > 0>'")
+        return value
+
+    @field_validator("data_dir", "output_dir")
+    @classmethod
+    def _absolute_or_empty(cls, value: str) -> str:
+        # The app runs from a copy under $FLWR_HOME, so a relative path would point nowhere useful.
+        if value and not Path(value).is_absolute():
+            raise ValueError(f"must be an absolute path (or empty for the default), got {value!r}")
+        return value
+
+    @property
+    def total_rounds(self) -> int:
+        return self.rounds_align + self.rounds_msa
+
+    def stage_of_round(self, server_round: int) -> str:
+        """Rounds 1..rounds-align align the modalities; the rest train the MSA model."""
+        return "align" if server_round <= self.rounds_align else "msa"
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> HyDiscGANConfig:
+        """Validate Flower's run config; a wrong key or value raises ConfigError naming it."""
+        known = {name.replace("_", "-") for name in cls.model_fields}
+        unknown = sorted(set(run_config) - known)
+        if unknown:
+            raise ConfigError(f"unknown run-config key(s) {unknown}; known keys: {sorted(known)}")
+        try:
+            return cls.model_validate(dict(run_config))
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in err.errors()
+            )
+            raise ConfigError(f"invalid run config: {problems}") from None
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The kebab-case run-config form (what `--run-config` and pyproject.toml use)."""
+        return self.model_dump(by_alias=True)
+
+    def resolved_data_dir(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else project_root() / "data"
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else project_root() / "runs"
+
+
+def project_root() -> Path:
+    """The project checkout: where this file lives, or where the package was installed from.
+
+    `flwr run` executes a copy of the app under $FLWR_HOME/apps that holds only source files, so the
+    copy falls back to the checkout recorded by pip at install time (PEP 610 direct_url.json).
+    """
+    here = Path(__file__).resolve().parents[1]
+    if _is_checkout(here):
+        return here
+    try:
+        direct_url = json.loads(metadata.distribution("hydiscgan-fl").read_text("direct_url.json") or "{}")
+    except metadata.PackageNotFoundError:
+        direct_url = {}
+    url = direct_url.get("url", "")
+    if url.startswith("file://"):
+        root = Path(unquote(urlparse(url).path))
+        if _is_checkout(root):
+            return root
+    raise ConfigError(
+        "cannot locate the project checkout; install it with `pip install -e .` or set the run-config "
+        "keys data-dir and output-dir to absolute paths"
+    )
+
+
+def _is_checkout(path: Path) -> bool:
+    # The app copy under $FLWR_HOME also has data/ (its .md files travel), but not the CSVs.
+    return (path / "data" / "mosi-bclstm" / "transcripts.csv").is_file()

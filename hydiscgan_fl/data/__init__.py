@@ -1,0 +1,69 @@
+"""Data layer: utterance-level multimodal datasets, loaders, partitioners and per-client files.
+
+Dataset specs for :func:`load_dataset`:
+
+- ``"mosi-bclstm"``: CMU-MOSI bc-LSTM features read from ``data_dir / "mosi-bclstm"``;
+- ``"synthetic"``: :func:`make_synthetic` with the given seed;
+- ``"mmsa:<absolute path to .pkl>"``: an MMSA feature pickle (read with a restricted unpickler).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from .dataset import DataError, MultimodalDataset, standardize_per_speaker
+from .mmsa import load_mmsa_pickle
+from .mosi_bclstm import load_mosi_bclstm
+from .partition import partition_indices
+from .partition_files import load_partition, save_partition, write_partitions
+from .synthetic import make_synthetic
+
+__all__ = [
+    "DataError",
+    "MultimodalDataset",
+    "standardize_per_speaker",
+    "load_mosi_bclstm",
+    "make_synthetic",
+    "load_mmsa_pickle",
+    "partition_indices",
+    "save_partition",
+    "load_partition",
+    "write_partitions",
+    "load_dataset",
+    "DATASET_SPECS",
+    "DEFAULT_DATA_DIR",
+]
+
+DATASET_SPECS = ("mosi-bclstm", "synthetic", "mmsa:<absolute path to .pkl>")
+# The repository's data/ folder, used when load_dataset gets data_dir=None or "".
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(spec: str, data_dir: Path, seed: int) -> MultimodalDataset:
+    if spec == "mosi-bclstm":
+        return load_mosi_bclstm(data_dir / "mosi-bclstm")
+    if spec == "synthetic":
+        return make_synthetic(seed=seed)
+    if spec.startswith("mmsa:"):
+        pkl = Path(spec[len("mmsa:") :])
+        if not spec[len("mmsa:") :] or not pkl.is_absolute():
+            raise DataError(f"dataset spec {spec!r}: the MMSA pickle path must be absolute, e.g. 'mmsa:/data/mosi/unaligned_50.pkl'")
+        return load_mmsa_pickle(pkl)
+    raise DataError(f"unknown dataset spec {spec!r}; valid forms: " + ", ".join(repr(s) for s in DATASET_SPECS))
+
+
+def load_dataset(spec: str, data_dir: Path | str | None, seed: int = 0) -> MultimodalDataset:
+    """Load a dataset by spec (see the module docstring); repeated loads return the cached object.
+
+    ``data_dir`` is only used by "mosi-bclstm"; None or "" means :data:`DEFAULT_DATA_DIR`.
+    ``seed`` is only used by "synthetic". Errors (:class:`DataError`) are not cached.
+    """
+    if not isinstance(spec, str):
+        raise DataError(f"dataset spec must be a string, got {type(spec).__name__}")
+    directory = DEFAULT_DATA_DIR if data_dir is None or str(data_dir) == "" else Path(data_dir).expanduser().resolve()
+    return _load_cached(spec.strip(), directory, int(seed))
+
+
+load_dataset.cache_clear = _load_cached.cache_clear  # type: ignore[attr-defined]

@@ -1,0 +1,214 @@
+"""Utterance-level multimodal dataset container and per-speaker normalisation.
+
+A :class:`MultimodalDataset` holds one feature vector per utterance and modality (text, audio,
+visual), a label, the utterance id, the speaker (video) id and the split of every row. It is
+immutable: the dataclass is frozen, and every array is a private float32/str copy marked read-only,
+so that datasets cached by :func:`hydiscgan_fl.data.load_dataset` cannot be changed by a caller.
+Copy an array (``np.array(ds.text)`` or ``torch.tensor(ds.text)``) before modifying it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["DataError", "MultimodalDataset", "standardize_per_speaker", "SPLITS", "LABEL_KINDS"]
+
+SPLITS = ("train", "valid", "test")
+LABEL_KINDS = ("binary", "regression")
+FEATURE_FIELDS = ("text", "audio", "visual")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file/field/client."""
+
+
+def _where(source: str) -> str:
+    return f"{source}: " if source else ""
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class MultimodalDataset:
+    """One row per utterance; see the module docstring.
+
+    ``labels`` are {0, 1} when ``label_kind == "binary"`` and continuous sentiment scores when
+    ``label_kind == "regression"``. Feature arrays may have zero columns (the server's view of a
+    dataset holds audio and visual arrays of shape (N, 0)). Equality is identity (``eq=False``):
+    compare fields with numpy to compare contents.
+    """
+
+    name: str
+    ids: np.ndarray
+    speakers: np.ndarray
+    text: np.ndarray
+    audio: np.ndarray
+    visual: np.ndarray
+    labels: np.ndarray
+    split: np.ndarray
+    label_kind: str
+    source: str = field(default="")
+
+    def __post_init__(self) -> None:
+        src = str(self.source)
+        where = _where(src)
+        object.__setattr__(self, "source", src)
+        object.__setattr__(self, "name", str(self.name))
+        if self.label_kind not in LABEL_KINDS:
+            raise DataError(f"{where}label_kind must be one of {LABEL_KINDS}, got {self.label_kind!r}")
+
+        def as_str_vector(name: str, value: object) -> np.ndarray:
+            arr = np.asarray(value)
+            if arr.ndim != 1:
+                raise DataError(f"{where}field '{name}' must be 1-D, got shape {arr.shape}")
+            if arr.dtype.kind != "U":
+                values = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in arr.tolist()]
+                arr = np.array(values, dtype=str) if values else arr.astype(str)
+            return _read_only(np.array(arr, dtype=arr.dtype, copy=True))
+
+        ids = as_str_vector("ids", self.ids)
+        speakers = as_str_vector("speakers", self.speakers)
+        split = as_str_vector("split", self.split)
+
+        n = len(ids)
+        if n == 0:
+            raise DataError(f"{where}dataset is empty (0 rows)")
+
+        feats: dict[str, np.ndarray] = {}
+        for name in FEATURE_FIELDS:
+            raw = np.asarray(getattr(self, name))
+            if raw.ndim != 2:
+                raise DataError(f"{where}field '{name}' must be a 2-D (rows, features) array, got shape {raw.shape}")
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):  # overflow -> Inf, reported below
+                    feats[name] = np.array(raw, dtype=np.float32, copy=True)
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"{where}field '{name}' is not numeric: {exc}") from None
+        raw_labels = np.asarray(self.labels)
+        if raw_labels.ndim != 1:
+            raise DataError(f"{where}field 'labels' must be 1-D, got shape {raw_labels.shape}")
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                labels = np.array(raw_labels, dtype=np.float32, copy=True)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{where}field 'labels' is not numeric: {exc}") from None
+
+        counts = {"ids": n, "speakers": len(speakers), "split": len(split), "labels": len(labels)}
+        counts.update({name: arr.shape[0] for name, arr in feats.items()})
+        if len(set(counts.values())) != 1:
+            detail = ", ".join(f"{k}={v}" for k, v in counts.items())
+            raise DataError(f"{where}row counts differ across fields ({detail})")
+
+        for name, arr in [*feats.items(), ("labels", labels)]:
+            finite = np.isfinite(arr)
+            if not finite.all():
+                bad_rows = ~finite.reshape(n, -1).all(axis=1)
+                first = str(ids[int(np.argmax(bad_rows))])
+                raise DataError(
+                    f"{where}field '{name}' has {int((~finite).sum())} NaN/Inf values "
+                    f"in {int(bad_rows.sum())} rows (first bad row id {first!r})"
+                )
+
+        uniq, counts_per_id = np.unique(ids, return_counts=True)
+        if len(uniq) != n:
+            dups = uniq[counts_per_id > 1]
+            raise DataError(f"{where}field 'ids' has {len(dups)} duplicated ids (e.g. {str(dups[0])!r})")
+
+        unknown = sorted(set(split.tolist()) - set(SPLITS))
+        if unknown:
+            raise DataError(f"{where}field 'split' has unknown split names {unknown}; allowed {list(SPLITS)}")
+
+        if self.label_kind == "binary":
+            bad = (labels != 0) & (labels != 1)
+            if bad.any():
+                first = int(np.argmax(bad))
+                raise DataError(
+                    f"{where}field 'labels' has {int(bad.sum())} values outside {{0, 1}} for binary labels "
+                    f"(first bad row id {str(ids[first])!r}, value {float(labels[first])})"
+                )
+
+        object.__setattr__(self, "ids", ids)
+        object.__setattr__(self, "speakers", speakers)
+        object.__setattr__(self, "split", split)
+        object.__setattr__(self, "labels", _read_only(labels))
+        for name, arr in feats.items():
+            object.__setattr__(self, name, _read_only(arr))
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {name: int(getattr(self, name).shape[1]) for name in FEATURE_FIELDS}
+
+    def subset(self, index: np.ndarray) -> "MultimodalDataset":
+        """Rows selected by an integer index array or a boolean mask of length N."""
+        idx = np.asarray(index)
+        n = len(self)
+        if idx.dtype == bool:
+            if idx.shape != (n,):
+                raise DataError(f"{_where(self.source)}boolean mask has shape {idx.shape}, expected ({n},)")
+            idx = np.flatnonzero(idx)
+        elif idx.size == 0:
+            idx = idx.astype(np.int64)
+        elif idx.dtype.kind not in "iu":
+            raise DataError(f"{_where(self.source)}subset index must be integers or a boolean mask, got dtype {idx.dtype}")
+        idx = idx.reshape(-1)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise DataError(f"{_where(self.source)}subset index out of range for {n} rows")
+        return MultimodalDataset(
+            name=self.name,
+            ids=self.ids[idx],
+            speakers=self.speakers[idx],
+            text=self.text[idx],
+            audio=self.audio[idx],
+            visual=self.visual[idx],
+            labels=self.labels[idx],
+            split=self.split[idx],
+            label_kind=self.label_kind,
+            source=self.source,
+        )
+
+    def split_subset(self, split: str) -> "MultimodalDataset":
+        """Rows of one split ("train", "valid" or "test"); DataError if it has no rows."""
+        if split not in SPLITS:
+            raise DataError(f"{_where(self.source)}unknown split {split!r}; allowed {list(SPLITS)}")
+        mask = self.split == split
+        if not mask.any():
+            raise DataError(f"{_where(self.source)}split {split!r} is empty in dataset {self.name!r}")
+        return self.subset(mask)
+
+
+def standardize_per_speaker(features: np.ndarray, speakers: np.ndarray, min_std: float = 1e-2) -> np.ndarray:
+    """Z-score every feature within each speaker's own utterances (per-speaker CMVN).
+
+    For each speaker s and feature j: ``(x - mean_s[j]) / max(std_s[j], min_std)`` with the
+    population standard deviation (ddof=0). Each device can compute this from its own data alone.
+    Returns a new float32 array of the same shape.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    spk = np.asarray(speakers)
+    if x.ndim != 2:
+        raise DataError(f"features must be a 2-D (rows, features) array, got shape {x.shape}")
+    if spk.shape != (x.shape[0],):
+        raise DataError(f"speakers has shape {spk.shape}, expected ({x.shape[0]},) to match features")
+    if not np.isfinite(min_std) or min_std <= 0:
+        raise DataError(f"min_std must be a positive number, got {min_std}")
+    out = np.empty_like(x)
+    if x.shape[0] == 0:
+        return out.astype(np.float32)
+    _, inverse = np.unique(spk, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    for group in range(int(inverse.max()) + 1):
+        rows = inverse == group
+        block = x[rows]
+        mean = block.mean(axis=0)
+        std = np.maximum(block.std(axis=0), min_std)
+        out[rows] = (block - mean) / std
+    return out.astype(np.float32)

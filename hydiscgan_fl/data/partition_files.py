@@ -1,0 +1,140 @@
+"""Per-client data files for multi-machine deployment (``.npz``, read without pickle).
+
+Each file is a compressed ``.npz`` holding the arrays ``ids``, ``speakers``, ``split`` (unicode),
+``text``, ``audio``, ``visual``, ``labels`` (float32) and the 0-d unicode scalars ``name``,
+``label_kind`` and ``source``. It is read back with ``np.load(..., allow_pickle=False)``, so a
+file from an untrusted place cannot run code.
+
+:func:`write_partitions` writes one ``partition-<i>.npz`` per client (that client's TRAIN rows,
+all modalities) and ``server.npz``: the server's shareable view of all rows, with ids, speakers,
+text, labels and split, and audio/visual replaced by empty (N, 0) arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import DataError, MultimodalDataset
+from .partition import partition_indices
+
+__all__ = ["save_partition", "load_partition", "write_partitions", "ARRAY_FIELDS", "SCALAR_FIELDS"]
+
+ARRAY_FIELDS = ("ids", "speakers", "text", "audio", "visual", "labels", "split")
+SCALAR_FIELDS = ("name", "label_kind", "source")
+_STRING_FIELDS = ("ids", "speakers", "split")
+
+
+def save_partition(dataset: MultimodalDataset, path: Path) -> None:
+    """Write ``dataset`` to exactly ``path`` (atomically; parent folders are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    for name in ARRAY_FIELDS:
+        value = getattr(dataset, name)
+        arrays[name] = np.asarray(value, dtype=str) if name in _STRING_FIELDS else np.asarray(value, dtype=np.float32)
+    for name in SCALAR_FIELDS:
+        arrays[name] = np.array(str(getattr(dataset, name)), dtype=str)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:  # a file object: numpy does not append ".npz"
+            np.savez_compressed(handle, **arrays)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_partition(path: Path) -> MultimodalDataset:
+    """Read a file written by :func:`save_partition` (``allow_pickle=False``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing partition file: {path}")
+    values: dict[str, np.ndarray] = {}
+    field = "<archive>"
+    try:
+        # Open the file ourselves: np.load(path) leaks its handle when the zip is corrupt.
+        with path.open("rb") as handle:
+            archive = np.load(handle, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise DataError(f"{path}: not an .npz archive (field '{field}')")
+            with archive:
+                present = set(archive.files)
+                for field in (*ARRAY_FIELDS, *SCALAR_FIELDS):
+                    if field not in present:
+                        raise DataError(f"{path}: missing field '{field}'")
+                    values[field] = archive[field]
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: corrupt or truncated partition file (field '{field}'): {type(exc).__name__}: {exc}") from None
+    for field in SCALAR_FIELDS:
+        if values[field].ndim != 0 or values[field].dtype.kind != "U":
+            raise DataError(f"{path}: field '{field}' must be a string scalar")
+    for field in _STRING_FIELDS:
+        if values[field].dtype.kind != "U":
+            raise DataError(f"{path}: field '{field}' must be a unicode array, got dtype {values[field].dtype}")
+    try:
+        return MultimodalDataset(
+            name=str(values["name"]),
+            ids=values["ids"],
+            speakers=values["speakers"],
+            text=values["text"],
+            audio=values["audio"],
+            visual=values["visual"],
+            labels=values["labels"],
+            split=values["split"],
+            label_kind=str(values["label_kind"]),
+            source=str(values["source"]),
+        )
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+
+
+def write_partitions(
+    dataset: MultimodalDataset, num_partitions: int, rule: str, seed: int, out_dir: Path
+) -> list[Path]:
+    """Partition the TRAIN split and write ``partition-<i>.npz`` per client plus ``server.npz``.
+
+    Returns ``[partition-0.npz, ..., partition-<k-1>.npz, server.npz]``. Stale
+    ``partition-<j>.npz`` files with ``j >= num_partitions`` left in ``out_dir`` by an earlier
+    run are removed so that the folder always describes one partitioning.
+    """
+    out_dir = Path(out_dir)
+    train = dataset.split_subset("train")
+    parts = partition_indices(
+        train.labels, train.speakers, num_partitions, rule, seed, label_kind=train.label_kind
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for i, index in enumerate(parts):
+        target = out_dir / f"partition-{i}.npz"
+        save_partition(train.subset(index), target)
+        paths.append(target)
+    for stale in out_dir.glob("partition-*.npz"):
+        match = re.fullmatch(r"partition-(\d+)\.npz", stale.name)
+        if match and int(match.group(1)) >= len(parts):
+            stale.unlink()
+    n = len(dataset)
+    server = MultimodalDataset(
+        name=dataset.name,
+        ids=dataset.ids,
+        speakers=dataset.speakers,
+        text=dataset.text,
+        audio=np.zeros((n, 0), dtype=np.float32),
+        visual=np.zeros((n, 0), dtype=np.float32),
+        labels=dataset.labels,
+        split=dataset.split,
+        label_kind=dataset.label_kind,
+        source=dataset.source,
+    )
+    server_path = out_dir / "server.npz"
+    save_partition(server, server_path)
+    paths.append(server_path)
+    return paths

@@ -1,0 +1,32 @@
+"""HyDiscGAN's networks, plain PyTorch.
+
+Who holds what:
+- server and clients: the generator G(t, z) -> (fake audio, fake visual) and the MSA model M(t, a, v);
+- clients only (never sent): the feature encoders E_a, E_v and the text-conditioned discriminators D_a, D_v.
+All features are utterance-level vectors; G writes into the real feature spaces (per-speaker standardised),
+so fake and real features can be compared directly.
+"""
+
+from hydiscgan_fl.models.networks import (
+    ClientDiscriminators,
+    ConditionalGenerator,
+    Discriminator,
+    FeatureEncoder,
+    MSAModel,
+    SharedModels,
+    TextOnlyModel,
+    build_client_discriminators,
+    build_shared_models,
+)
+
+__all__ = [
+    "ClientDiscriminators",
+    "ConditionalGenerator",
+    "Discriminator",
+    "FeatureEncoder",
+    "MSAModel",
+    "SharedModels",
+    "TextOnlyModel",
+    "build_client_discriminators",
+    "build_shared_models",
+]

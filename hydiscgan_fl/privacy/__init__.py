@@ -1,0 +1,1 @@
+"""Privacy tools: attacks that measure what shared features or generators leak, and accountants."""

@@ -1,0 +1,132 @@
+"""Local training loops (a client's work in one round) and text-only inference."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from hydiscgan_fl.config import HyDiscGANConfig
+from hydiscgan_fl.models import ClientDiscriminators, SharedModels, TextOnlyModel
+from hydiscgan_fl.training.data import UtteranceTensors, minibatches
+from hydiscgan_fl.training.losses import sentiment_loss
+from hydiscgan_fl.training.steps import discriminator_step, generator_alignment_step, msa_step
+
+
+def _adam(params, lr: float, cfg: HyDiscGANConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def _mean(history: dict[str, list[float]]) -> dict[str, float]:
+    return {key: float(np.mean(values)) for key, values in history.items()}
+
+
+def local_alignment(
+    shared: SharedModels,
+    private: ClientDiscriminators,
+    data: UtteranceTensors,
+    cfg: HyDiscGANConfig,
+    epochs: int,
+    seed: int,
+    proximal_mu: float = 0.0,
+) -> dict[str, float]:
+    """Stage 1 on one client: per minibatch one D step, then one G step. Returns mean losses."""
+    rng = torch.Generator().manual_seed(seed)
+    shared.train()
+    private.train()
+    opt_d = _adam(private.parameters(), cfg.lr_discriminator, cfg)
+    opt_g = _adam(shared.generator.parameters(), cfg.lr_generator, cfg)
+    anchors = [p.detach().clone() for p in shared.generator.parameters()] if proximal_mu > 0 else None
+    history: dict[str, list[float]] = defaultdict(list)
+    for _ in range(epochs):
+        for index in minibatches(len(data), cfg.batch_size, rng):
+            batch = data.rows(index.to(data.text.device))
+            noise = shared.generator.sample_noise(len(index), rng).to(data.text.device)
+            for key, value in discriminator_step(shared, private, batch, opt_d, cfg, noise).items():
+                history[key].append(value)
+            step = generator_alignment_step(shared, private, batch, opt_g, cfg, noise, anchors, proximal_mu)
+            for key, value in step.items():
+                history[key].append(value)
+    return _mean(history)
+
+
+def local_msa(
+    shared: SharedModels,
+    private: ClientDiscriminators | None,
+    data: UtteranceTensors,
+    cfg: HyDiscGANConfig,
+    epochs: int,
+    seed: int,
+    label_kind: str,
+    proximal_mu: float = 0.0,
+) -> dict[str, float]:
+    """Stage 2 on one client: train M and fine-tune G with the discriminators frozen."""
+    rng = torch.Generator().manual_seed(seed)
+    shared.train()
+    if private is not None:
+        private.eval()
+        private.requires_grad_(False)
+    optimizer = torch.optim.Adam(
+        [
+            {"params": shared.generator.parameters(), "lr": cfg.lr_generator},
+            {"params": shared.msa.parameters(), "lr": cfg.lr_msa},
+        ],
+        weight_decay=cfg.weight_decay,
+    )
+    anchors = [p.detach().clone() for p in shared.parameters()] if proximal_mu > 0 else None
+    history: dict[str, list[float]] = defaultdict(list)
+    try:
+        for _ in range(epochs):
+            for index in minibatches(len(data), cfg.batch_size, rng):
+                batch = data.rows(index.to(data.text.device))
+                noise = shared.generator.sample_noise(len(index), rng).to(data.text.device)
+                step = msa_step(shared, private, batch, optimizer, cfg, noise, label_kind, anchors, proximal_mu)
+                for key, value in step.items():
+                    history[key].append(value)
+    finally:
+        if private is not None:
+            private.requires_grad_(True)
+    return _mean(history)
+
+
+@torch.no_grad()
+def predict(shared: SharedModels, text: torch.Tensor, label_kind: str) -> np.ndarray:
+    """Text-only inference y_hat = M(t, G(t, 0)): probabilities for binary labels, scores otherwise."""
+    shared.eval()
+    outputs = shared.predict(text)
+    return (torch.sigmoid(outputs) if label_kind == "binary" else outputs).cpu().numpy()
+
+
+@torch.no_grad()
+def alignment_error(shared: SharedModels, data: UtteranceTensors) -> float:
+    """Mean squared error between G(t, 0) and the real (standardised) audio and visual features."""
+    shared.eval()
+    fake_audio, fake_visual = shared.generator(data.text)
+    return float(((fake_audio - data.audio) ** 2).mean() + ((fake_visual - data.visual) ** 2).mean())
+
+
+def train_text_only(
+    text: torch.Tensor, labels: torch.Tensor, label_kind: str, cfg: HyDiscGANConfig, epochs: int, seed: int
+) -> TextOnlyModel:
+    """The text-only baseline, trained centrally with M's optimiser settings."""
+    torch.manual_seed(seed)
+    model = TextOnlyModel(text.shape[1], cfg.hidden_dim, cfg.dropout).to(text.device)
+    optimizer = _adam(model.parameters(), cfg.lr_msa, cfg)
+    rng = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for index in minibatches(text.shape[0], cfg.batch_size, rng):
+            index = index.to(text.device)
+            loss = sentiment_loss(model(text[index]), labels[index], label_kind)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return model
+
+
+@torch.no_grad()
+def predict_text_only(model: TextOnlyModel, text: torch.Tensor, label_kind: str) -> np.ndarray:
+    model.eval()
+    outputs = model(text)
+    return (torch.sigmoid(outputs) if label_kind == "binary" else outputs).cpu().numpy()

@@ -1,0 +1,42 @@
+"""Loss terms of HyDiscGAN's two stages."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(fake: torch.Tensor, real: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Contrastive alignment: fake_i must match real_i; the other reals of the batch are negatives.
+
+    Symmetric (fake->real and real->fake), on cosine similarities, as in CLIP-style objectives.
+    """
+    fake = F.normalize(fake, dim=1)
+    real = F.normalize(real, dim=1)
+    logits = fake @ real.T / temperature
+    targets = torch.arange(fake.shape[0], device=fake.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def real_fake_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The discriminator's binary cross-entropy: real -> 1, fake -> 0."""
+    return F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) + (
+        F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    )
+
+
+def fool_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """The generator's non-saturating adversarial loss: make D call the fakes real."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def sentiment_loss(outputs: torch.Tensor, labels: torch.Tensor, label_kind: str) -> torch.Tensor:
+    """BCE on logits for binary labels; L1 for continuous sentiment (the MMSA convention)."""
+    if label_kind == "binary":
+        return F.binary_cross_entropy_with_logits(outputs, labels)
+    return F.l1_loss(outputs, labels)
+
+
+def proximal_term(params: list[torch.Tensor], anchors: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's (mu/2)·||w - w_global||^2 over the federated parameters."""
+    return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
