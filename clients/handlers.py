@@ -36,6 +36,13 @@ def client_dataset(cfg: HyDiscGANConfig, node_config: dict) -> MultimodalDataset
     return dataset
 
 
+def client_seed_key(context: Context) -> int:
+    """A per-client number for seeding that is stable across runs (node ids are not, in simulation)."""
+    if "partition-id" in context.node_config:
+        return int(context.node_config["partition-id"])
+    return context.node_id % 7919
+
+
 def train(msg: Message, context: Context) -> Message:
     """One round of local training for the stage named in the message's config."""
     started = time.perf_counter()
@@ -55,12 +62,13 @@ def train(msg: Message, context: Context) -> Message:
         raise ValueError(f"server sent arrays this client's model does not have: {sorted(missing)[:5]}")
     shared.load_state_dict(received, strict=False)
 
-    private = build_client_discriminators(dataset.dims, cfg, cfg.seed + context.node_id % 100_000).to(device)
+    client_key = client_seed_key(context)
+    private = build_client_discriminators(dataset.dims, cfg, cfg.seed * 1_000_003 + client_key).to(device)
     if PRIVATE_STATE_KEY in context.state:
         private.load_state_dict(context.state[PRIVATE_STATE_KEY].to_torch_state_dict())
 
     data = to_tensors(dataset, device)
-    seed = cfg.seed * 1_000_003 + server_round * 7919 + context.node_id % 7919
+    seed = cfg.seed * 1_000_003 + server_round * 7919 + client_key
     if stage == "align":
         losses = local_alignment(shared, private, data, cfg, local_epochs, seed, proximal_mu)
     elif stage == "msa":
