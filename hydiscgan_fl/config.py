@@ -18,6 +18,9 @@ from urllib.parse import unquote, urlparse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 _PARTITION_RE = re.compile(r"^(speaker|iid|dirichlet:(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)$")
+# What the federation trains: HyDiscGAN (text-only at test), or the privacy-violating baseline that
+# federates M(t, a, v) with FedAvg and needs real audio/visual at test time (no alignment stage).
+METHODS = ("hydiscgan", "fedavg-multimodal")
 
 
 class ConfigError(ValueError):
@@ -36,6 +39,7 @@ class HyDiscGANConfig(BaseModel):
     output_dir: str = ""  # "" = the runs/ folder of the project checkout
     partition: str = "speaker"
     seed: int = 0
+    method: str = "hydiscgan"  # one of METHODS
 
     # Federated schedule [rounds-align, rounds-msa, local-epochs, batch-size].
     rounds_align: int = Field(12, ge=0)
@@ -57,8 +61,8 @@ class HyDiscGANConfig(BaseModel):
     lr_discriminator: float = Field(1e-3, gt=0.0)
     lr_msa: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
-    lambda_adv: float = Field(0.1, ge=0.0)
-    lambda_contrastive: float = Field(1.0, ge=0.0)
+    lambda_adv: float = Field(0.02, ge=0.0)
+    lambda_contrastive: float = Field(0.2, ge=0.0)
     lambda_recon: float = Field(1.0, ge=0.0)
     lambda_adv_msa: float = Field(0.05, ge=0.0)
     temperature: float = Field(0.2, gt=0.0)
@@ -72,7 +76,12 @@ class HyDiscGANConfig(BaseModel):
             if not Path(value[5:]).is_absolute():
                 raise ValueError(f"mmsa dataset needs an absolute path to a .pkl, got {value!r}")
             return value
-        raise ValueError(f"unknown dataset {value!r}; use 'mosi-bclstm', 'synthetic' or 'mmsa:/abs/path.pkl'")
+        if value.startswith("partitions:"):  # the server reads <dir>/server.npz (see `hydiscgan partition`)
+            if not Path(value[11:]).is_absolute():
+                raise ValueError(f"partitions dataset needs an absolute folder holding server.npz, got {value!r}")
+            return value
+        raise ValueError(f"unknown dataset {value!r}; use 'mosi-bclstm', 'synthetic', 'mmsa:/abs/path.pkl' "
+                         "or 'partitions:/abs/dir'")
 
     @field_validator("partition")
     @classmethod
@@ -89,12 +98,24 @@ class HyDiscGANConfig(BaseModel):
             raise ValueError(f"must be an absolute path (or empty for the default), got {value!r}")
         return value
 
+    @field_validator("method")
+    @classmethod
+    def _method_known(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}; use one of {list(METHODS)}")
+        return value
+
     @property
     def total_rounds(self) -> int:
-        return self.rounds_align + self.rounds_msa
+        """fedavg-multimodal has no alignment stage: it runs rounds-msa rounds and ignores rounds-align."""
+        return self.rounds_msa if self.method == "fedavg-multimodal" else self.rounds_align + self.rounds_msa
 
     def stage_of_round(self, server_round: int) -> str:
-        """Rounds 1..rounds-align align the modalities; the rest train the MSA model."""
+        """Rounds 1..rounds-align align the modalities; the rest train the MSA model.
+
+        fedavg-multimodal trains M(t, a, v) on real audio/visual in every round (stage "multimodal")."""
+        if self.method == "fedavg-multimodal":
+            return "multimodal"
         return "align" if server_round <= self.rounds_align else "msa"
 
     @classmethod

@@ -38,7 +38,8 @@ class ServerRun:
         self.started = time.time()
         self.device = pick_device()
         dataset = load_dataset(cfg.dataset, cfg.resolved_data_dir(), cfg.seed)
-        self.dims = dataset.dims
+        # A server view (dataset "partitions:<dir>") holds no audio/visual columns; it carries the clients' widths.
+        self.dims = dict(getattr(dataset, "feature_dims", None) or dataset.dims)
         self.label_kind = dataset.label_kind
         self.num_train_speakers = len(set(dataset.split_subset("train").speakers))
         self.train = self._text_split(dataset, "train")

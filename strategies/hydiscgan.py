@@ -3,7 +3,9 @@
 Global state is one ArrayRecord holding the shared components with prefixed keys ('generator.*',
 'msa.*'). Stage 1 (modal alignment) sends and aggregates G only; stage 2 (MSA) sends and aggregates
 G and M. Clients keep their encoders and discriminators; a reply that carries anything other than
-the arrays of the components it was sent is rejected.
+the arrays of the components it was sent is rejected. The fedavg-multimodal baseline (method
+"fedavg-multimodal") has one stage, "multimodal", in every round: it sends and aggregates M only,
+which the clients train on their real audio/visual.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from hydiscgan_fl.config import METHODS
 from strategies.aggregation import WEIGHT_KEY, ComponentAggregator, make_rule
 
-STAGE_COMPONENTS = {"align": ("generator",), "msa": ("generator", "msa")}
+STAGE_COMPONENTS = {"align": ("generator",), "msa": ("generator", "msa"), "multimodal": ("msa",)}
 
 
 class TooFewRepliesError(RuntimeError):
@@ -96,6 +99,7 @@ class HyDiscGANStrategy(Strategy):
     fraction_train : share of the connected nodes sampled each round.
     min_train_replies : a round with fewer valid replies stops the run with TooFewRepliesError.
     min_available_nodes : wait for this many nodes before the first round.
+    method : "hydiscgan" (two stages) or "fedavg-multimodal" (stage "multimodal" in every round).
     """
 
     def __init__(
@@ -107,7 +111,11 @@ class HyDiscGANStrategy(Strategy):
         min_train_replies: int = 1,
         min_available_nodes: int = 1,
         node_settle_s: float = 2.0,
+        method: str = "hydiscgan",
     ):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; use one of {list(METHODS)}")
+        self.method = method
         self.rounds_align = rounds_align
         self.train_config = dict(train_config or {})
         rule = aggregation if aggregation is not None else make_rule("fedavg")
@@ -122,6 +130,8 @@ class HyDiscGANStrategy(Strategy):
 
     # -- stages ---------------------------------------------------------------------------------
     def stage_of(self, server_round: int) -> str:
+        if self.method == "fedavg-multimodal":
+            return "multimodal"
         return "align" if server_round <= self.rounds_align else "msa"
 
     def summary(self) -> None:

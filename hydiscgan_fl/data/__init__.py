@@ -4,7 +4,10 @@ Dataset specs for :func:`load_dataset`:
 
 - ``"mosi-bclstm"``: CMU-MOSI bc-LSTM features read from ``data_dir / "mosi-bclstm"``;
 - ``"synthetic"``: :func:`make_synthetic` with the given seed;
-- ``"mmsa:<absolute path to .pkl>"``: an MMSA feature pickle (read with a restricted unpickler).
+- ``"mmsa:<absolute path to .pkl>"``: an MMSA feature pickle (read with a restricted unpickler);
+- ``"partitions:<absolute dir>"``: the server's view ``<dir>/server.npz`` written by
+  :func:`write_partitions` (text and labels only), a :class:`ServerView` whose ``feature_dims``
+  gives the clients' real audio/visual widths.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from .dataset import DataError, MultimodalDataset, standardize_per_speaker
 from .mmsa import load_mmsa_pickle
 from .mosi_bclstm import load_mosi_bclstm
 from .partition import partition_indices
-from .partition_files import load_partition, save_partition, write_partitions
+from .partition_files import SERVER_FILE, ServerView, load_partition, load_server_view, save_partition, write_partitions
 from .synthetic import make_synthetic
 
 __all__ = [
@@ -30,12 +33,14 @@ __all__ = [
     "save_partition",
     "load_partition",
     "write_partitions",
+    "ServerView",
+    "load_server_view",
     "load_dataset",
     "DATASET_SPECS",
     "DEFAULT_DATA_DIR",
 ]
 
-DATASET_SPECS = ("mosi-bclstm", "synthetic", "mmsa:<absolute path to .pkl>")
+DATASET_SPECS = ("mosi-bclstm", "synthetic", "mmsa:<absolute path to .pkl>", "partitions:<absolute dir>")
 # The repository's data/ folder, used when load_dataset gets data_dir=None or "".
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
@@ -51,6 +56,11 @@ def _load_cached(spec: str, data_dir: Path, seed: int) -> MultimodalDataset:
         if not spec[len("mmsa:") :] or not pkl.is_absolute():
             raise DataError(f"dataset spec {spec!r}: the MMSA pickle path must be absolute, e.g. 'mmsa:/data/mosi/unaligned_50.pkl'")
         return load_mmsa_pickle(pkl)
+    if spec.startswith("partitions:"):
+        folder = spec[len("partitions:") :]
+        if not folder or not Path(folder).is_absolute():
+            raise DataError(f"dataset spec {spec!r}: the partitions folder must be absolute, e.g. 'partitions:/data'")
+        return load_server_view(Path(folder) / SERVER_FILE)
     raise DataError(f"unknown dataset spec {spec!r}; valid forms: " + ", ".join(repr(s) for s in DATASET_SPECS))
 
 

@@ -7,7 +7,10 @@ file from an untrusted place cannot run code.
 
 :func:`write_partitions` writes one ``partition-<i>.npz`` per client (that client's TRAIN rows,
 all modalities) and ``server.npz``: the server's shareable view of all rows, with ids, speakers,
-text, labels and split, and audio/visual replaced by empty (N, 0) arrays.
+text, labels and split, and audio/visual replaced by empty (N, 0) arrays. ``server.npz`` also
+holds the 0-d int64 scalars ``audio_dim`` and ``visual_dim``: the clients' real widths, which the
+server needs to build models that fit the clients' data. :func:`load_server_view` reads it back as
+a :class:`ServerView` whose ``feature_dims`` carries them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import re
 import tempfile
 import zipfile
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +28,35 @@ import numpy as np
 from .dataset import DataError, MultimodalDataset
 from .partition import partition_indices
 
-__all__ = ["save_partition", "load_partition", "write_partitions", "ARRAY_FIELDS", "SCALAR_FIELDS"]
+__all__ = ["save_partition", "load_partition", "load_server_view", "write_partitions", "ServerView",
+           "ARRAY_FIELDS", "SCALAR_FIELDS", "SERVER_FILE"]
 
 ARRAY_FIELDS = ("ids", "speakers", "text", "audio", "visual", "labels", "split")
 SCALAR_FIELDS = ("name", "label_kind", "source")
 _STRING_FIELDS = ("ids", "speakers", "split")
+SERVER_FILE = "server.npz"
+_DIM_FIELDS = ("audio_dim", "visual_dim")
+
+
+@dataclass(frozen=True, eq=False)
+class ServerView(MultimodalDataset):
+    """The server's shareable view (audio/visual of width 0) plus the clients' real feature widths.
+
+    ``feature_dims`` is ``{"text": .., "audio": .., "visual": ..}``; use it instead of ``dims``
+    (which says 0 for audio and visual) when building models. Row subsets are plain datasets.
+    """
+
+    feature_dims: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        dims = {"text": int(self.text.shape[1]), **{k: int(v) for k, v in dict(self.feature_dims).items()}}
+        if set(dims) != {"text", "audio", "visual"} or any(v < 0 for v in dims.values()):
+            raise DataError(f"{self.source or 'server view'}: feature_dims must give audio and visual widths >= 0, "
+                            f"got {self.feature_dims!r}")
+        if dims["text"] != self.text.shape[1]:
+            raise DataError(f"feature_dims text={dims['text']} differs from the text width {self.text.shape[1]}")
+        object.__setattr__(self, "feature_dims", dims)
 
 
 def save_partition(dataset: MultimodalDataset, path: Path) -> None:
@@ -41,6 +69,9 @@ def save_partition(dataset: MultimodalDataset, path: Path) -> None:
         arrays[name] = np.asarray(value, dtype=str) if name in _STRING_FIELDS else np.asarray(value, dtype=np.float32)
     for name in SCALAR_FIELDS:
         arrays[name] = np.array(str(getattr(dataset, name)), dtype=str)
+    if isinstance(dataset, ServerView):
+        for name in _DIM_FIELDS:
+            arrays[name] = np.array(dataset.feature_dims[name.removesuffix("_dim")], dtype=np.int64)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:  # a file object: numpy does not append ".npz"
@@ -97,6 +128,30 @@ def load_partition(path: Path) -> MultimodalDataset:
         raise DataError(f"{path}: {exc}") from None
 
 
+def load_server_view(path: Path) -> ServerView:
+    """Read a ``server.npz`` written by :func:`write_partitions` (rows plus the real feature widths)."""
+    path = Path(path)
+    base = load_partition(path)
+    try:
+        with path.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
+            missing = [name for name in _DIM_FIELDS if name not in archive.files]
+            if missing:
+                raise DataError(f"{path}: missing field '{missing[0]}' (a server file written before feature widths "
+                                "were stored; write it again with `hydiscgan partition`)")
+            raw = {name: archive[name] for name in _DIM_FIELDS}
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: corrupt server file: {type(exc).__name__}: {exc}") from None
+    for name, value in raw.items():
+        if value.ndim != 0 or value.dtype.kind not in "iu":
+            raise DataError(f"{path}: field '{name}' must be an integer scalar")
+    return ServerView(
+        **{name: getattr(base, name) for name in (*ARRAY_FIELDS, *SCALAR_FIELDS)},
+        feature_dims={name.removesuffix("_dim"): int(value) for name, value in raw.items()},
+    )
+
+
 def write_partitions(
     dataset: MultimodalDataset, num_partitions: int, rule: str, seed: int, out_dir: Path
 ) -> list[Path]:
@@ -122,7 +177,7 @@ def write_partitions(
         if match and int(match.group(1)) >= len(parts):
             stale.unlink()
     n = len(dataset)
-    server = MultimodalDataset(
+    server = ServerView(
         name=dataset.name,
         ids=dataset.ids,
         speakers=dataset.speakers,
@@ -133,8 +188,9 @@ def write_partitions(
         split=dataset.split,
         label_kind=dataset.label_kind,
         source=dataset.source,
+        feature_dims=dataset.dims,
     )
-    server_path = out_dir / "server.npz"
+    server_path = out_dir / SERVER_FILE
     save_partition(server, server_path)
     paths.append(server_path)
     return paths

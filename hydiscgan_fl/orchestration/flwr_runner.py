@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,6 +27,11 @@ OFFLINE_ENV = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_TELEMETRY_ENABLED": "0",
 }
+
+
+def flwr_bin_dir() -> Path:
+    """Where the `flwr` command of this Python environment lives (also when the venv is not activated)."""
+    return Path(sys.executable).parent
 
 
 class FederatedRunError(RuntimeError):
@@ -86,6 +92,7 @@ class LocalFederation:
         self.env = {
             **os.environ,
             **OFFLINE_ENV,
+            "PATH": f"{flwr_bin_dir()}{os.pathsep}{os.environ.get('PATH', '')}",
             "FLWR_HOME": str(self.flwr_home),
             "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.port),
             "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
@@ -98,7 +105,7 @@ class LocalFederation:
         self.close()
 
     def _flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(["flwr", *args], env=self.env, cwd=self.app_dir, capture_output=True, text=True,
+        return subprocess.run([str(flwr_bin_dir() / "flwr"), *args], env=self.env, cwd=self.app_dir, capture_output=True, text=True,
                               timeout=timeout, check=False)
 
     def run(self, run_config: dict[str, Any], num_supernodes: int, timeout_s: float = 1800,

@@ -6,7 +6,9 @@ from hydiscgan_fl.training.loops import (
     local_alignment,
     local_msa,
     predict,
+    predict_multimodal,
     predict_text_only,
+    train_multimodal,
     train_text_only,
 )
 from hydiscgan_fl.training.steps import discriminator_step, generator_alignment_step, msa_step
@@ -22,7 +24,9 @@ __all__ = [
     "msa_step",
     "pick_device",
     "predict",
+    "predict_multimodal",
     "predict_text_only",
     "to_tensors",
+    "train_multimodal",
     "train_text_only",
 ]

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from hydiscgan_fl.config import HyDiscGANConfig
-from hydiscgan_fl.models import ClientDiscriminators, SharedModels, TextOnlyModel
+from hydiscgan_fl.models import ClientDiscriminators, MSAModel, SharedModels, TextOnlyModel
 from hydiscgan_fl.training.data import UtteranceTensors, minibatches
-from hydiscgan_fl.training.losses import sentiment_loss
+from hydiscgan_fl.training.losses import proximal_term, sentiment_loss
 from hydiscgan_fl.training.steps import discriminator_step, generator_alignment_step, msa_step
 
 
@@ -90,12 +91,59 @@ def local_msa(
     return _mean(history)
 
 
+def train_multimodal(
+    msa: MSAModel,
+    data: UtteranceTensors,
+    cfg: HyDiscGANConfig,
+    epochs: int,
+    seed: int,
+    label_kind: str,
+    proximal_mu: float = 0.0,
+    on_epoch: Callable[[int, MSAModel], None] | None = None,
+) -> dict[str, float]:
+    """M(t, a, v) on real (per-speaker standardised) audio/visual: the privacy-violating baselines.
+
+    A fedavg-multimodal client's round (its own data, epochs = local-epochs) and the central-multimodal
+    baseline (all training data). `on_epoch(epoch, msa)` is called after each epoch. Returns mean losses.
+    """
+    rng = torch.Generator().manual_seed(seed)
+    optimizer = _adam(msa.parameters(), cfg.lr_msa, cfg)
+    anchors = [p.detach().clone() for p in msa.parameters()] if proximal_mu > 0 else None
+    history: dict[str, list[float]] = defaultdict(list)
+    for epoch in range(epochs):
+        msa.train()
+        for index in minibatches(len(data), cfg.batch_size, rng):
+            batch = data.rows(index.to(data.text.device))
+            loss_task = sentiment_loss(msa(batch.text, batch.audio, batch.visual), batch.labels, label_kind)
+            loss = loss_task
+            if anchors is not None:
+                loss = loss + proximal_term(list(msa.parameters()), anchors, proximal_mu)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            history["loss_task"].append(loss_task.item())
+        if on_epoch is not None:
+            on_epoch(epoch + 1, msa)
+    return _mean(history)
+
+
+def _scores(outputs: torch.Tensor, label_kind: str) -> np.ndarray:
+    """Probabilities for binary labels, scores otherwise."""
+    return (torch.sigmoid(outputs) if label_kind == "binary" else outputs).cpu().numpy()
+
+
 @torch.no_grad()
 def predict(shared: SharedModels, text: torch.Tensor, label_kind: str) -> np.ndarray:
     """Text-only inference y_hat = M(t, G(t, 0)): probabilities for binary labels, scores otherwise."""
     shared.eval()
-    outputs = shared.predict(text)
-    return (torch.sigmoid(outputs) if label_kind == "binary" else outputs).cpu().numpy()
+    return _scores(shared.predict(text), label_kind)
+
+
+@torch.no_grad()
+def predict_multimodal(msa: MSAModel, data: UtteranceTensors, label_kind: str) -> np.ndarray:
+    """Inference of the multimodal baselines, y_hat = M(t, a, v) on real audio/visual."""
+    msa.eval()
+    return _scores(msa(data.text, data.audio, data.visual), label_kind)
 
 
 @torch.no_grad()
@@ -107,26 +155,30 @@ def alignment_error(shared: SharedModels, data: UtteranceTensors) -> float:
 
 
 def train_text_only(
-    text: torch.Tensor, labels: torch.Tensor, label_kind: str, cfg: HyDiscGANConfig, epochs: int, seed: int
+    text: torch.Tensor, labels: torch.Tensor, label_kind: str, cfg: HyDiscGANConfig, epochs: int, seed: int,
+    on_epoch: Callable[[int, TextOnlyModel], None] | None = None,
 ) -> TextOnlyModel:
-    """The text-only baseline, trained centrally with M's optimiser settings."""
+    """The text-only baseline, trained centrally with M's optimiser settings.
+
+    `on_epoch(epoch, model)` is called after each epoch."""
     torch.manual_seed(seed)
     model = TextOnlyModel(text.shape[1], cfg.hidden_dim, cfg.dropout).to(text.device)
     optimizer = _adam(model.parameters(), cfg.lr_msa, cfg)
     rng = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        model.train()
         for index in minibatches(text.shape[0], cfg.batch_size, rng):
             index = index.to(text.device)
             loss = sentiment_loss(model(text[index]), labels[index], label_kind)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model)
     return model
 
 
 @torch.no_grad()
 def predict_text_only(model: TextOnlyModel, text: torch.Tensor, label_kind: str) -> np.ndarray:
     model.eval()
-    outputs = model(text)
-    return (torch.sigmoid(outputs) if label_kind == "binary" else outputs).cpu().numpy()
+    return _scores(model(text), label_kind)

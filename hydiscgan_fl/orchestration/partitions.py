@@ -1,0 +1,57 @@
+"""`hydiscgan partition`: write one data file per SuperNode plus the server's shareable file.
+
+    hydiscgan partition --dataset mosi-bclstm --num-partitions 3 --partition speaker --seed 0 --out DIR
+
+writes DIR/partition-<i>.npz (client i's TRAIN rows, all modalities: copy it to data machine i only)
+and DIR/server.npz (text and labels of every row, audio/visual dropped, plus the clients' feature
+widths: the only file the ServerApp needs, read through the dataset spec "partitions:<DIR>").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
+from hydiscgan_fl.data import DataError, load_dataset, load_partition, write_partitions
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "partition",
+        help="write per-client partition files and the server's shareable file for a deployment",
+        description=__doc__.split("\n\n", 1)[0],
+    )
+    parser.add_argument("--dataset", default="mosi-bclstm",
+                        help="dataset spec: mosi-bclstm, synthetic or mmsa:/abs/path.pkl (default: %(default)s)")
+    parser.add_argument("--data-dir", default="",
+                        help="folder holding mosi-bclstm/ (default: the checkout's data/ folder)")
+    parser.add_argument("--num-partitions", type=int, required=True, help="number of clients (SuperNodes)")
+    parser.add_argument("--partition", default="speaker",
+                        help="rule: speaker, iid or dirichlet:<alpha> (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the partitioner (default: %(default)s)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.num_partitions < 1:
+            raise ConfigError(f"--num-partitions must be >= 1, got {args.num_partitions}")
+        if str(args.dataset).startswith("partitions:"):
+            raise ConfigError("--dataset must name the full dataset, not an existing partitions folder")
+        # The same validation as a run's config (dataset form, partition rule, absolute data-dir).
+        cfg = HyDiscGANConfig.from_run_config({"dataset": args.dataset, "partition": args.partition,
+                                               "seed": args.seed, "data-dir": args.data_dir})
+        dataset = load_dataset(cfg.dataset, cfg.resolved_data_dir(), cfg.seed)
+        paths = write_partitions(dataset, args.num_partitions, cfg.partition, cfg.seed, args.out)
+    except (ConfigError, DataError, OSError) as err:
+        print(f"hydiscgan partition: error: {err}", file=sys.stderr)
+        return 2
+    for path in paths:
+        part = load_partition(path)
+        speakers = len(set(part.speakers.tolist()))
+        print(f"{path}: {len(part)} utterances, {speakers} speakers, dims {part.dims}")
+    print(f"server dataset spec: partitions:{Path(args.out).resolve()}")
+    return 0
