@@ -6,6 +6,8 @@ from flwr.serverapp import Grid, ServerApp
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.server_run import ServerRun
 from strategies import HyDiscGANStrategy
+from strategies.aggregation import component_rules
+from strategies.dp import speaker_level_dp
 
 app = ServerApp()
 
@@ -17,29 +19,42 @@ def main(grid: Grid, context: Context) -> None:
     strategy = HyDiscGANStrategy(
         rounds_align=cfg.rounds_align,
         train_config={"local-epochs": cfg.local_epochs},
+        aggregation=component_rules(cfg),
         fraction_train=cfg.fraction_train,
         min_train_replies=cfg.min_train_replies,
+        method=cfg.method,
+        known_ids=server.train_ids,
+        seed=cfg.seed,
+        client_state=server.lineage,
+        dp=speaker_level_dp(cfg),
     )
+    if server.resumed:
+        strategy.load_state_dict(server.resumed["strategy"])
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
             return None
-        summary = strategy.rounds[-1]
-        metrics = server.record_round(summary.as_row(), summary.clients, arrays.to_torch_state_dict(),
-                                      summary.started_at)
+        summary, state = strategy.rounds[-1], arrays.to_torch_state_dict()
+        metrics = server.record_round(summary.as_row(), summary.clients, state, summary.started_at)
+        server.save_state(summary.server_round, state, strategy.state_dict())
         return MetricRecord({key: float(value) for key, value in metrics.items()})
 
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(server.initial_state()),
-        num_rounds=cfg.total_rounds,
+        num_rounds=server.last_round - strategy.round_offset,
         timeout=cfg.round_timeout_s,
         train_config=ConfigRecord(),
         evaluate_fn=evaluate,
     )
+    if server.last_round < cfg.total_rounds:
+        print(f"stopped after round {server.last_round} (stop-after-round); continue it with "
+              f"--run-config 'resume-from=\"{server.run_dir.path}\"'")
+        return
     num_clients = max((r.sent for r in strategy.rounds), default=0)
-    summary = server.finish(result.arrays.to_torch_state_dict(), num_clients, {})
-    print("final test metrics (text-only inputs): "
+    summary = server.finish(result.arrays.to_torch_state_dict(), num_clients, strategy.privacy)
+    inputs = "real audio/visual inputs" if cfg.method == "fedavg-multimodal" else "text-only inputs"
+    print(f"final test metrics ({inputs}): "
           + ", ".join(f"{k}={summary[k]:.4f}" for k in summary if k in ("acc2", "f1", "mae", "corr")))
     print("text-only baseline: "
           + ", ".join(f"{k}={summary[k]:.4f}" for k in summary if k in ("text_only_acc2", "text_only_f1")))

@@ -12,15 +12,17 @@ import json
 import re
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _PARTITION_RE = re.compile(r"^(speaker|iid|dirichlet:(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)$")
 # What the federation trains: HyDiscGAN (text-only at test), or the privacy-violating baseline that
 # federates M(t, a, v) with FedAvg and needs real audio/visual at test time (no alignment stage).
 METHODS = ("hydiscgan", "fedavg-multimodal")
+LOCAL_RULE = "local"
+_RULE_RE = re.compile(r"^([a-z][a-z0-9-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
 
 
 class ConfigError(ValueError):
@@ -67,6 +69,38 @@ class HyDiscGANConfig(BaseModel):
     lambda_adv_msa: float = Field(0.05, ge=0.0)
     temperature: float = Field(0.2, gt=0.0)
 
+    # Aggregation (docs/aggregation.md) [aggregation, aggregation-generator, aggregation-msa, proximal-mu,
+    # trimmed-beta, krum-malicious]: a rule name, or a user's Strategy class as 'package.module:Class';
+    # per component "" = the `aggregation` rule, "local" = personalised (never sent back or aggregated).
+    aggregation: str = "fedavg"
+    aggregation_generator: str = ""
+    aggregation_msa: str = ""
+    proximal_mu: float = Field(0.01, ge=0.0)
+    trimmed_beta: float = Field(0.2, ge=0.0, lt=0.5)
+    krum_malicious: int = Field(0, ge=0)
+
+    # Robustness experiments [fault-rate, byzantine-clients, byzantine-mode]: injected client failures
+    # (probability per client per round; half crash, half time out) and poisoned replies of the clients
+    # with partition-id < byzantine-clients ("scale": -10 x the update; "random": random weights).
+    fault_rate: float = Field(0.0, ge=0.0, le=1.0)
+    byzantine_clients: int = Field(0, ge=0)
+    byzantine_mode: Literal["scale", "random"] = "scale"
+
+    # Checkpoint and resume [resume-from, stop-after-round]: continue the run saved in an absolute run
+    # directory from its last completed round; stop (resumably) after this round (0 = run to the end).
+    resume_from: str = ""
+    stop_after_round: int = Field(0, ge=0)
+
+    # Privacy (docs/privacy.md) [dp-unit, dp-clip-norm, dp-noise-multiplier, dp-delta, adv-lambda]:
+    # "speaker" = DP-FedAvg on the server (a client's whole update of G and M clipped, noise on the
+    # aggregate); "utterance" = DP-SGD (Opacus) on every client step that reads audio/visual.
+    # adv-lambda > 0 adds a client-private speaker adversary behind a gradient-reversal layer.
+    dp_unit: Literal["none", "speaker", "utterance"] = "none"
+    dp_clip_norm: float = Field(1.0, gt=0.0)
+    dp_noise_multiplier: float = Field(1.0, gt=0.0)
+    dp_delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    adv_lambda: float = Field(0.0, ge=0.0)
+
     @field_validator("dataset")
     @classmethod
     def _dataset_form(cls, value: str) -> str:
@@ -90,13 +124,26 @@ class HyDiscGANConfig(BaseModel):
             raise ValueError(f"unknown partition {value!r}; use 'speaker', 'iid' or 'dirichlet:<alpha > 0>'")
         return value
 
-    @field_validator("data_dir", "output_dir")
+    @field_validator("data_dir", "output_dir", "resume_from")
     @classmethod
     def _absolute_or_empty(cls, value: str) -> str:
         # The app runs from a copy under $FLWR_HOME, so a relative path would point nowhere useful.
         if value and not Path(value).is_absolute():
             raise ValueError(f"must be an absolute path (or empty for the default), got {value!r}")
         return value
+
+    @field_validator("aggregation", "aggregation_generator", "aggregation_msa")
+    @classmethod
+    def _rule_form(cls, value: str, info) -> str:  # noqa: ANN001 - pydantic's ValidationInfo
+        # The rule itself is resolved (and an unknown name reported) by strategies.aggregation.make_rule.
+        per_component = info.field_name != "aggregation"
+        if value in ("", LOCAL_RULE):
+            if per_component:
+                return value
+            raise ValueError(f"{value!r} is only allowed per component (aggregation-generator, aggregation-msa)")
+        if _RULE_RE.match(value):
+            return value
+        raise ValueError(f"{value!r} is neither a rule name such as 'fedavg' nor 'package.module:Class'")
 
     @field_validator("method")
     @classmethod
@@ -105,10 +152,23 @@ class HyDiscGANConfig(BaseModel):
             raise ValueError(f"unknown method {value!r}; use one of {list(METHODS)}")
         return value
 
+    @model_validator(mode="after")
+    def _dp_unit_fits_method(self) -> HyDiscGANConfig:
+        if self.dp_unit == "utterance" and self.method == "fedavg-multimodal":
+            raise ValueError("dp-unit 'utterance' runs HyDiscGAN's alignment steps under DP-SGD; the "
+                             "fedavg-multimodal baseline has none (use dp-unit 'speaker')")
+        return self
+
     @property
     def total_rounds(self) -> int:
         """fedavg-multimodal has no alignment stage: it runs rounds-msa rounds and ignores rounds-align."""
         return self.rounds_msa if self.method == "fedavg-multimodal" else self.rounds_align + self.rounds_msa
+
+    @property
+    def local_components(self) -> tuple[str, ...]:
+        """Shared components that stay personalised on the clients (aggregation-<component> = "local")."""
+        return tuple(name for name, rule in (("generator", self.aggregation_generator), ("msa", self.aggregation_msa))
+                     if rule == LOCAL_RULE)
 
     def stage_of_round(self, server_round: int) -> str:
         """Rounds 1..rounds-align align the modalities; the rest train the MSA model.

@@ -5,6 +5,10 @@ user's own subclass). `ComponentAggregator` shows it a round exactly as Flower w
 one component: `configure_train` over the nodes HyDiscGAN sampled (so stateful rules such as FedAdam
 or FedAvgM record the round's starting arrays, and FedProx adds its `proximal-mu` to the client
 config), then `aggregate_train` over the clients' replies for that component. The math is Flower's.
+
+`component_rules` reads the run config (docs/aggregation.md): one rule for every component, a rule per
+component, or "local" for a personalised component. `rule_state`/`load_rule_state` carry a rule's state
+(e.g. FedAdam's moments) through a checkpoint.
 """
 
 from __future__ import annotations
@@ -12,8 +16,13 @@ from __future__ import annotations
 import copy
 import importlib
 from collections.abc import Callable, Iterable
+from logging import WARNING
+from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     FedAdagrad,
@@ -27,7 +36,10 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from hydiscgan_fl.config import LOCAL_RULE, HyDiscGANConfig
+
 WEIGHT_KEY = "num-examples"
+SHARED_COMPONENTS = ("generator", "msa")
 
 
 # One node suffices for a rule: HyDiscGAN's strategy enforces its own minimum of replies.
@@ -46,7 +58,11 @@ _RULES: dict[str, Callable[[dict[str, float]], Strategy]] = {
 RULE_NAMES = tuple(_RULES)
 
 
-def make_rule(name: str, *, proximal_mu: float = 0.01, trimmed_beta: float = 0.2, krum_malicious: int = 0) -> Strategy:
+_DEFAULTS = HyDiscGANConfig()
+
+
+def make_rule(name: str, *, proximal_mu: float = _DEFAULTS.proximal_mu, trimmed_beta: float = _DEFAULTS.trimmed_beta,
+              krum_malicious: int = _DEFAULTS.krum_malicious) -> Strategy:
     """A rule by name (see RULE_NAMES) or a user's Strategy class as 'package.module:ClassName'."""
     if ":" in name:
         module_name, _, class_name = name.partition(":")
@@ -54,7 +70,10 @@ def make_rule(name: str, *, proximal_mu: float = 0.01, trimmed_beta: float = 0.2
             rule_cls = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError) as err:
             raise ValueError(f"aggregation rule {name!r} cannot be imported: {err}") from None
-        rule = rule_cls()
+        try:
+            rule = rule_cls()
+        except TypeError as err:
+            raise ValueError(f"aggregation rule {name!r} must be constructible without arguments: {err}") from None
         if not isinstance(rule, Strategy):
             raise ValueError(f"aggregation rule {name!r} is not a flwr.serverapp.strategy.Strategy")
         return rule
@@ -62,6 +81,74 @@ def make_rule(name: str, *, proximal_mu: float = 0.01, trimmed_beta: float = 0.2
         raise ValueError(f"unknown aggregation rule {name!r}; use one of {list(RULE_NAMES)} or 'pkg.module:Class'")
     params = {"proximal_mu": proximal_mu, "trimmed_beta": trimmed_beta, "krum_malicious": krum_malicious}
     return _RULES[name](params)
+
+
+def component_rules(cfg: HyDiscGANConfig) -> dict[str, Strategy | str]:
+    """Each shared component's rule from the run config: aggregation-<component>, else `aggregation`;
+    LOCAL_RULE ("local") for a personalised component."""
+    params = {"proximal_mu": cfg.proximal_mu, "trimmed_beta": cfg.trimmed_beta, "krum_malicious": cfg.krum_malicious}
+    names = {"generator": cfg.aggregation_generator, "msa": cfg.aggregation_msa}
+    return {component: LOCAL_RULE if (name := names[component] or cfg.aggregation) == LOCAL_RULE
+            else make_rule(name, **params) for component in SHARED_COMPONENTS}
+
+
+def rule_state(rule: Strategy) -> dict[str, Any]:
+    """A rule's attributes as tensors and plain values, so that `torch.load(weights_only=True)` reads them.
+
+    Covers Flower's rules (FedAdam's `m_t`/`v_t`/`current_arrays`, FedAvgM's momentum, wrapped strategies);
+    functions are configuration, not state, and are skipped; an attribute of another type is skipped with
+    a warning (a resumed run then starts it afresh).
+    """
+    state = {}
+    for name, value in vars(rule).items():
+        if callable(value) and not isinstance(value, Strategy):
+            continue
+        try:
+            state[name] = _encode(value)
+        except TypeError as err:
+            log(WARNING, "checkpoint: %s.%s is not saved (%s)", type(rule).__name__, name, err)
+    return state
+
+
+def load_rule_state(rule: Strategy, state: dict[str, Any]) -> None:
+    """Put back what `rule_state` saved (into a rule built from the same configuration)."""
+    for name, (kind, payload) in state.items():
+        if kind == "strategy":
+            load_rule_state(getattr(rule, name), payload)
+        else:
+            setattr(rule, name, _decode((kind, payload)))
+
+
+def _encode(value: Any) -> tuple[str, Any]:
+    if isinstance(value, np.generic):
+        return "value", value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return "value", value
+    if isinstance(value, np.ndarray):
+        return "ndarray", torch.from_numpy(np.array(value))
+    if isinstance(value, ArrayRecord):
+        return "arrayrecord", {key: torch.from_numpy(np.array(value[key].numpy())) for key in value}
+    if isinstance(value, Strategy):
+        return "strategy", rule_state(value)
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return "dict", {key: _encode(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value).__name__, [_encode(item) for item in value]
+    raise TypeError(f"cannot checkpoint a {type(value).__name__}")
+
+
+def _decode(encoded: tuple[str, Any]) -> Any:
+    kind, payload = encoded
+    if kind == "value":
+        return payload
+    if kind == "ndarray":
+        return payload.numpy()
+    if kind == "arrayrecord":
+        return ArrayRecord({key: Array(tensor.numpy()) for key, tensor in payload.items()})
+    if kind == "dict":
+        return {key: _decode(item) for key, item in payload.items()}
+    items = [_decode(item) for item in payload]
+    return tuple(items) if kind == "tuple" else items
 
 
 class _SampledNodes(Grid):
@@ -106,6 +193,11 @@ class ComponentAggregator:
 
     def client_config(self, server_round: int, current: ArrayRecord, node_ids: list[int], grid: Grid) -> ConfigRecord:
         """Let the rule configure the round; return the config it would send (e.g. FedProx's mu)."""
+        needs = max(getattr(self.rule, "min_available_nodes", 0), getattr(self.rule, "min_train_nodes", 0))
+        if needs > len(node_ids):  # Flower's sampling would wait forever for nodes that are not coming
+            raise ValueError(f"aggregation rule {type(self.rule).__name__} of {self.component} needs at least "
+                             f"{needs} node(s) but this round sampled {len(node_ids)}; build it with "
+                             "min_available_nodes=1, min_train_nodes=1 (HyDiscGAN enforces min-train-replies)")
         messages = list(self.rule.configure_train(server_round, current, ConfigRecord(), _SampledNodes(grid, node_ids)))
         if not messages:
             return ConfigRecord()

@@ -6,12 +6,23 @@ G and M. Clients keep their encoders and discriminators; a reply that carries an
 the arrays of the components it was sent is rejected. The fedavg-multimodal baseline (method
 "fedavg-multimodal") has one stage, "multimodal", in every round: it sends and aggregates M only,
 which the clients train on their real audio/visual.
+
+Per component the rule can differ, or be "local": a personalised component is never sent back nor
+aggregated (the clients keep their own copies; the server's copy stays at its last global value).
+Replies are aggregated in a canonical order (by content), so a run does not depend on arrival order,
+and `state_dict`/`load_state_dict` carry the rules' state and the sampler through a checkpoint.
+
+Privacy (docs/privacy.md): with speaker-level DP (`dp`) the sent components are aggregated by DP-FedAvg
+(strategies.dp) instead of the rules; with utterance-level DP the clients report their cumulative
+epsilon. Either way every round's row carries the run's cumulative figures (PRIVACY_COLUMNS).
 """
 
 from __future__ import annotations
 
+import hashlib
+import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
@@ -19,13 +30,17 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
+from flwr.serverapp.strategy import FedAvg, Strategy
 
-from hydiscgan_fl.config import METHODS
-from strategies.aggregation import WEIGHT_KEY, ComponentAggregator, make_rule
+from hydiscgan_fl.config import LOCAL_RULE, METHODS
+from hydiscgan_fl.privacy.ledger import PRIVACY_COLUMNS, PRIVACY_METRIC_KEYS, PrivacyLedger
+from strategies.aggregation import WEIGHT_KEY, ComponentAggregator, load_rule_state, make_rule, rule_state
+from strategies.dp import SpeakerLevelDP
 
 STAGE_COMPONENTS = {"align": ("generator",), "msa": ("generator", "msa"), "multimodal": ("msa",)}
+
+
+FAILURE_KINDS = ("error", "timeout", "rejected")
 
 
 class TooFewRepliesError(RuntimeError):
@@ -52,7 +67,7 @@ class ClientRound:
     server_round: int
     stage: str
     node_id: int
-    status: str  # ok | error | timeout | rejected
+    status: str  # one of FAILURE_KINDS, or ok
     bytes_down: int
     bytes_up: int = 0
     num_examples: int = 0
@@ -72,6 +87,7 @@ class RoundSummary:
     replies_failed: int = 0
     train_metrics: dict[str, float] = field(default_factory=dict)
     clients: list[ClientRound] = field(default_factory=list)
+    privacy: dict[str, float] = field(default_factory=dict)  # cumulative, keyed by PRIVACY_COLUMNS
 
     def as_row(self) -> dict[str, float | int | str]:
         ok = [c for c in self.clients if c.status == "ok"]
@@ -81,7 +97,9 @@ class RoundSummary:
             "clients_sent": self.sent,
             "replies_ok": self.replies_ok,
             "replies_failed": self.replies_failed,
+            **{f"replies_{kind}": sum(c.status == kind for c in self.clients) for kind in FAILURE_KINDS},
             **{f"train_{key}": value for key, value in sorted(self.train_metrics.items())},
+            **self.privacy,
             "bytes_up_per_client": float(np.mean([c.bytes_up for c in ok])) if ok else 0.0,
             "bytes_down_per_client": float(np.mean([c.bytes_down for c in self.clients])) if self.clients else 0.0,
             "client_train_s_mean": float(np.mean([c.train_s for c in ok])) if ok else 0.0,
@@ -95,36 +113,60 @@ class HyDiscGANStrategy(Strategy):
     ----------
     rounds_align : rounds of stage 1 (modal alignment); later rounds are stage 2 (MSA).
     train_config : extra keys sent to every client each round (e.g. local-epochs).
-    aggregation : a Flower Strategy used as the aggregation rule of every component (FedAvg by default).
+    aggregation : the aggregation rule (a Flower Strategy) of every component (FedAvg by default), or a
+        mapping component -> rule or "local" (personalised; a missing component uses FedAvg).
     fraction_train : share of the connected nodes sampled each round.
     min_train_replies : a round with fewer valid replies stops the run with TooFewRepliesError.
     min_available_nodes : wait for this many nodes before the first round.
     method : "hydiscgan" (two stages) or "fedavg-multimodal" (stage "multimodal" in every round).
+    known_ids : the training utterance ids of the server's text, sent once to each node, which refuses
+        data holding others (ids are shareable text metadata; nothing per utterance comes back).
+    seed : seeds the sampling of clients.
+    client_state : a name under which clients save their private state every round (for resume); "" = none.
+    dp : speaker-level DP (DP-FedAvg over the sent components); needs FedAvg-style rules.
     """
 
     def __init__(
         self,
         rounds_align: int,
         train_config: dict | None = None,
-        aggregation: Strategy | None = None,
+        aggregation: Strategy | Mapping[str, Strategy | str] | None = None,
         fraction_train: float = 1.0,
         min_train_replies: int = 1,
         min_available_nodes: int = 1,
         node_settle_s: float = 2.0,
         method: str = "hydiscgan",
+        known_ids: Sequence[str] = (),
+        seed: int = 0,
+        client_state: str = "",
+        dp: SpeakerLevelDP | None = None,
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; use one of {list(METHODS)}")
         self.method = method
         self.rounds_align = rounds_align
         self.train_config = dict(train_config or {})
-        rule = aggregation if aggregation is not None else make_rule("fedavg")
-        self.aggregators = {name: ComponentAggregator(name, rule) for name in STAGE_COMPONENTS["msa"]}
+        rules = aggregation if isinstance(aggregation, Mapping) else dict.fromkeys(STAGE_COMPONENTS["msa"], aggregation)
+        self.local_components = tuple(name for name in STAGE_COMPONENTS["msa"] if rules.get(name) == LOCAL_RULE)
+        self.aggregators = {name: ComponentAggregator(name, rules.get(name) or make_rule("fedavg"))
+                            for name in STAGE_COMPONENTS["msa"] if name not in self.local_components}
+        if dp is not None and any(type(agg.rule).aggregate_train is not FedAvg.aggregate_train
+                                  for agg in self.aggregators.values()):
+            raise ValueError("speaker-level DP aggregates with DP-FedAvg; it cannot be combined with another "
+                             "aggregation rule")
+        self.dp = dp
+        self.privacy: dict[str, float] = {}
+        self._sample_rate = 1.0
         self.fraction_train = fraction_train
         self.min_train_replies = min_train_replies
         self.min_available_nodes = min_available_nodes
         self.node_settle_s = node_settle_s
+        self.known_ids = sorted(known_ids)
+        self.client_state = client_state
         self.rounds: list[RoundSummary] = []
+        self.round_offset = 0  # rounds completed before this Flower run (resume)
+        self._rng = random.Random(seed)
+        self._introduced: set[int] = set()  # nodes that were sent known_ids and replied
         self._global: ArrayRecord | None = None
         self._pending: dict[int, ClientRound] = {}
 
@@ -134,20 +176,28 @@ class HyDiscGANStrategy(Strategy):
             return "multimodal"
         return "align" if server_round <= self.rounds_align else "msa"
 
+    def sent_components(self, stage: str) -> tuple[str, ...]:
+        return tuple(name for name in STAGE_COMPONENTS[stage] if name not in self.local_components)
+
     def summary(self) -> None:
-        rule = type(next(iter(self.aggregators.values())).rule).__name__
-        log(INFO, "HyDiscGAN strategy: %d alignment round(s), then MSA rounds; rule %s per component;"
-            " fraction_train=%.2f, min_train_replies=%d", self.rounds_align, rule, self.fraction_train,
-            self.min_train_replies)
+        rule = ", ".join([f"{name}: {type(agg.rule).__name__}" for name, agg in self.aggregators.items()]
+                         + [f"{name}: local" for name in self.local_components])
+        if self.method == "fedavg-multimodal":
+            stages = "fedavg-multimodal baseline: M(t, a, v) trained on real audio/visual in every round"
+        else:
+            stages = f"{self.rounds_align} alignment round(s), then MSA rounds"
+        log(INFO, "HyDiscGAN strategy: %s; rules %s; fraction_train=%.2f, min_train_replies=%d",
+            stages, rule, self.fraction_train, self.min_train_replies)
 
     # -- training -------------------------------------------------------------------------------
-    def _sample(self, grid: Grid, server_round: int) -> list[int]:
-        if server_round == 1:
+    def _sample(self, grid: Grid) -> list[int]:
+        if not self.rounds:
             self._wait_for_nodes(grid)
-        available = len(list(grid.get_node_ids()))
-        size = max(int(round(available * self.fraction_train)), self.min_train_replies)
-        node_ids, _ = sample_nodes(grid, max(self.min_available_nodes, size), size)
-        return sorted(node_ids)
+        while len(available := sorted(grid.get_node_ids())) < self.min_available_nodes:
+            time.sleep(1.0)
+        size = min(max(int(round(len(available) * self.fraction_train)), self.min_train_replies), len(available))
+        self._sample_rate = size / len(available)
+        return sorted(self._rng.sample(available, size))
 
     def _wait_for_nodes(self, grid: Grid) -> None:
         """Simulated SuperNodes register asynchronously: wait until their count stops changing."""
@@ -164,26 +214,34 @@ class HyDiscGANStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         started = time.time()
+        server_round += self.round_offset
         self._global = arrays
         stage = self.stage_of(server_round)
-        node_ids = self._sample(grid, server_round)
-        payload = merge_arrays(ArrayRecord(), (component_arrays(arrays, c) for c in STAGE_COMPONENTS[stage]))
+        node_ids = self._sample(grid)
+        payload = merge_arrays(ArrayRecord(), (component_arrays(arrays, c) for c in self.sent_components(stage)))
         client_config = ConfigRecord({**self.train_config, **dict(config.items())})
-        for component in STAGE_COMPONENTS[stage]:
+        for component in self.sent_components(stage):
             rule_config = self.aggregators[component].client_config(
                 server_round, component_arrays(arrays, component), node_ids, grid
             )
             client_config.update(rule_config)
         client_config["server-round"] = server_round
         client_config["stage"] = stage
-        content = RecordDict({"arrays": payload, "config": client_config})
-        bytes_down = payload.count_bytes() + client_config.count_bytes()
+        if self.local_components:
+            client_config["local-components"] = list(self.local_components)
+        if self.client_state:
+            client_config["client-state"] = self.client_state
+        first_contact = ConfigRecord({**client_config, "known-ids": self.known_ids}) if self.known_ids else client_config
+        contents = {nid: RecordDict({"arrays": payload, "config": client_config if nid in self._introduced
+                                     else first_contact}) for nid in node_ids}
+        self._introduced.update(node_ids)
         summary = RoundSummary(server_round, stage, started, sent=len(node_ids))
         self.rounds.append(summary)
-        self._pending = {nid: ClientRound(server_round, stage, nid, "timeout", bytes_down) for nid in node_ids}
+        self._pending = {nid: ClientRound(server_round, stage, nid, "timeout", payload.count_bytes()
+                                          + contents[nid]["config"].count_bytes()) for nid in node_ids}
         log(INFO, "round %d (%s): sending %s to %d node(s)", server_round, stage,
-            "+".join(STAGE_COMPONENTS[stage]), len(node_ids))
-        return [Message(content=content, dst_node_id=nid, message_type=MessageType.TRAIN) for nid in node_ids]
+            "+".join(self.sent_components(stage)) or "no shared component", len(node_ids))
+        return [Message(content=contents[nid], dst_node_id=nid, message_type=MessageType.TRAIN) for nid in node_ids]
 
     def _check_reply(self, reply: Message, stage: str) -> str:
         """'' when the reply is usable, else why it is rejected."""
@@ -194,7 +252,7 @@ class HyDiscGANStrategy(Strategy):
             return f"reply must hold a MetricRecord 'metrics' with '{WEIGHT_KEY}'"
         if content["metrics"][WEIGHT_KEY] <= 0:
             return f"'{WEIGHT_KEY}' must be positive"
-        expected = merge_arrays(ArrayRecord(), (component_arrays(self._global, c) for c in STAGE_COMPONENTS[stage]))
+        expected = merge_arrays(ArrayRecord(), (component_arrays(self._global, c) for c in self.sent_components(stage)))
         got = content["arrays"]
         if set(got) != set(expected):
             extra, missing = sorted(set(got) - set(expected)), sorted(set(expected) - set(got))
@@ -209,6 +267,7 @@ class HyDiscGANStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         summary = self.rounds[-1]
         valid: list[Message] = []
         for reply in replies:
@@ -230,6 +289,7 @@ class HyDiscGANStrategy(Strategy):
             record.train_s = float(metrics.get("train-s", 0.0))
             valid.append(reply)
         summary.clients = list(self._pending.values())
+        self._introduced -= {c.node_id for c in summary.clients if c.status != "ok"}  # resend the ids next time
         summary.replies_ok = len(valid)
         summary.replies_failed = summary.sent - len(valid)
         for record in summary.clients:
@@ -242,16 +302,49 @@ class HyDiscGANStrategy(Strategy):
                 + "; ".join(f"node {c.node_id} {c.status}: {c.detail[-200:]}" for c in summary.clients
                             if c.status != "ok")
             )
+        valid.sort(key=_content_digest)  # canonical order: floating-point sums do not depend on arrival
         updates = []
-        for component in STAGE_COMPONENTS[summary.stage]:
-            per_client = [
-                (reply, component_arrays(reply.content["arrays"], component), int(reply.content["metrics"][WEIGHT_KEY]))
-                for reply in valid
-            ]
-            updates.append(self.aggregators[component].aggregate(server_round, per_client))
+        if self.dp is not None:  # speaker-level DP: all sent components clipped and noised as one update
+            sent = merge_arrays(ArrayRecord(), (component_arrays(self._global, c)
+                                                for c in self.sent_components(summary.stage)))
+            updates.append(self.dp.aggregate(sent, [reply.content["arrays"] for reply in valid], self._sample_rate))
+            self.privacy = self.dp.report()
+        else:
+            for component in self.sent_components(summary.stage):
+                per_client = [
+                    (reply, component_arrays(reply.content["arrays"], component),
+                     int(reply.content["metrics"][WEIGHT_KEY]))
+                    for reply in valid
+                ]
+                updates.append(self.aggregators[component].aggregate(server_round, per_client))
+            self.privacy = _clients_privacy(self.privacy, valid)
+        summary.privacy = dict(self.privacy)
         summary.train_metrics = _weighted_metrics(valid)
         self._global = merge_arrays(self._global, updates)
         return self._global, MetricRecord({k: float(v) for k, v in summary.train_metrics.items()})
+
+    # -- checkpoint ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What a resumed run needs: the last completed round, each rule's state, the sampler's RNG."""
+        return {"round": self.rounds[-1].server_round if self.rounds else self.round_offset,
+                "rules": {name: rule_state(agg.rule) for name, agg in self.aggregators.items()},
+                "sampler": self._rng.getstate(),
+                "privacy": dict(self.privacy),
+                **({"dp-ledger": self.dp.ledger.to_json()} if self.dp is not None else {})}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue after state["round"]: Flower's round k of this run is round k + state["round"]."""
+        if set(state["rules"]) != set(self.aggregators):
+            raise ValueError(f"checkpoint aggregates {sorted(state['rules'])}, this run {sorted(self.aggregators)}")
+        for name, saved in state["rules"].items():
+            load_rule_state(self.aggregators[name].rule, saved)
+        self._rng.setstate(state["sampler"])
+        self.privacy = dict(state.get("privacy", {}))
+        if self.dp is not None:
+            if "dp-ledger" not in state:
+                raise ValueError("the checkpoint's run had no speaker-level DP; its privacy spent is unknown")
+            self.dp.ledger = PrivacyLedger.from_json(state["dp-ledger"])
+        self.round_offset = int(state["round"])
 
     # -- evaluation happens on the server (text-only test set), not on clients --------------------
     def configure_evaluate(
@@ -263,6 +356,27 @@ class HyDiscGANStrategy(Strategy):
         return None
 
 
+def _content_digest(reply: Message) -> bytes:
+    arrays = reply.content["arrays"]
+    digest = hashlib.sha256(str(reply.content["metrics"][WEIGHT_KEY]).encode())
+    for key in sorted(arrays):
+        digest.update(key.encode())
+        digest.update(arrays[key].data)
+    return digest.digest()
+
+
+def _clients_privacy(previous: dict[str, float], replies: list[Message]) -> dict[str, float]:
+    """Utterance-level DP: each client reports its own cumulative figures; the run's are the largest
+    (an utterance is covered by its own client's bound, so the weakest bound is the run's)."""
+    spent = dict(previous)
+    for reply in replies:
+        metrics = reply.content["metrics"]
+        for column, key in zip(PRIVACY_COLUMNS, PRIVACY_METRIC_KEYS):
+            if key in metrics:
+                spent[column] = max(spent.get(column, 0.0), float(metrics[key]))
+    return spent
+
+
 def _weighted_metrics(replies: list[Message]) -> dict[str, float]:
     """Example-weighted mean of each numeric training metric the clients reported."""
     totals: dict[str, float] = {}
@@ -271,8 +385,8 @@ def _weighted_metrics(replies: list[Message]) -> dict[str, float]:
         metrics = reply.content["metrics"]
         weight = float(metrics[WEIGHT_KEY])
         for key, value in metrics.items():
-            if key in (WEIGHT_KEY, "train-s") or isinstance(value, list):
-                continue  # train-s is reported per client in clients.csv
+            if key in (WEIGHT_KEY, "train-s", *PRIVACY_METRIC_KEYS) or isinstance(value, list):
+                continue  # train-s is reported per client in clients.csv; privacy figures by _clients_privacy
             totals[key] = totals.get(key, 0.0) + weight * float(value)
             weights[key] = weights.get(key, 0.0) + weight
     return {key: totals[key] / weights[key] for key in totals}

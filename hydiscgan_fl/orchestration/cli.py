@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMAND_MODULES: tuple[str, ...] = ("partitions",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("partitions", "bench", "byzantine", "privacy_sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:

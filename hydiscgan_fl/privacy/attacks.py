@@ -10,7 +10,8 @@ Two questions the project must answer with numbers rather than arguments:
    speakers, chance ~4%); text barely does (~6%).
 
 2. **Membership inference against a generator**
-   (:func:`generator_membership_scores`, :func:`membership_inference_auc`):
+   (:func:`generator_membership_attack`, built on
+   :func:`generator_membership_scores` and :func:`membership_inference_auc`):
    does a trained generator G reproduce its own training utterances unusually
    well? The AUC of "member" vs "non-member" scores is 0.5 at chance and 1.0
    for a perfectly separating attacker.
@@ -20,6 +21,7 @@ Nothing here imports flwr.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,7 @@ __all__ = [
     "speaker_attack",
     "membership_inference_auc",
     "generator_membership_scores",
+    "generator_membership_attack",
 ]
 
 
@@ -219,3 +222,37 @@ def generator_membership_scores(generated: np.ndarray, real: np.ndarray) -> np.n
         raise ValueError("generated/real contain NaN or Inf")
     diff = (g - r).reshape(g.shape[0], -1)
     return -np.sqrt(np.sum(diff * diff, axis=1))
+
+
+def generator_membership_attack(
+    generate: Callable[[np.ndarray], np.ndarray],
+    member_text: np.ndarray,
+    member_real: np.ndarray,
+    nonmember_text: np.ndarray,
+    nonmember_real: np.ndarray,
+) -> dict[str, Any]:
+    """Membership-inference attack on a released generator.
+
+    Threat model: the attacker holds the released generator ``generate``
+    (text features -> generated features, e.g. ``[G(t, 0)_audio; G(t, 0)_visual]``)
+    and, as side information, the text and the *real* features (same layout as
+    the generated ones) of candidate utterances: the training utterances
+    (members) and held-out ones (non-members). Each candidate is scored with
+    :func:`generator_membership_scores` (closer reproduction = more likely a
+    member) and the attack is summarised by :func:`membership_inference_auc`.
+
+    Returns
+    -------
+    dict with
+        ``mia_auc``        AUC of members vs non-members (0.5 = chance);
+        ``mia_chance``     0.5, the AUC of an attacker who guesses;
+        ``num_members``, ``num_nonmembers``.
+    """
+    members = generator_membership_scores(np.asarray(generate(member_text)), member_real)
+    nonmembers = generator_membership_scores(np.asarray(generate(nonmember_text)), nonmember_real)
+    return {
+        "mia_auc": membership_inference_auc(members, nonmembers),
+        "mia_chance": 0.5,
+        "num_members": int(members.shape[0]),
+        "num_nonmembers": int(nonmembers.shape[0]),
+    }

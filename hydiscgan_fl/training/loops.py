@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from hydiscgan_fl.config import HyDiscGANConfig
-from hydiscgan_fl.models import ClientDiscriminators, MSAModel, SharedModels, TextOnlyModel
+from hydiscgan_fl.models import ClientDiscriminators, MSAModel, SharedModels, SpeakerAdversary, TextOnlyModel
+from hydiscgan_fl.privacy.dp_sgd import UtteranceDP
+from hydiscgan_fl.privacy.ledger import PrivacyLedger
 from hydiscgan_fl.training.data import UtteranceTensors, minibatches
 from hydiscgan_fl.training.losses import proximal_term, sentiment_loss
 from hydiscgan_fl.training.steps import discriminator_step, generator_alignment_step, msa_step
@@ -17,6 +21,13 @@ from hydiscgan_fl.training.steps import discriminator_step, generator_alignment_
 
 def _adam(params, lr: float, cfg: HyDiscGANConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def _seeded(seed: int) -> torch.Generator:
+    """Seed torch's global RNG (dropout) and return the generator of minibatch order and noise, so that a
+    client's round depends on its seed only, not on what ran before it in the same process."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
 
 
 def _mean(history: dict[str, list[float]]) -> dict[str, float]:
@@ -31,25 +42,74 @@ def local_alignment(
     epochs: int,
     seed: int,
     proximal_mu: float = 0.0,
+    *,
+    adversary: SpeakerAdversary | None = None,
+    speakers: torch.Tensor | None = None,
+    ledger: PrivacyLedger | None = None,
 ) -> dict[str, float]:
-    """Stage 1 on one client: per minibatch one D step, then one G step. Returns mean losses."""
-    rng = torch.Generator().manual_seed(seed)
+    """Stage 1 on one client: per minibatch one D step, then one G step. Returns mean losses.
+
+    `adversary`, with `speakers` (the local speaker id of every row of `data`), adds adversarial identity
+    unlearning to G's step. Under utterance-level DP (dp-unit "utterance") both steps are DP-SGD steps,
+    each on its own Poisson batch, recorded in `ledger`.
+    """
+    rng = _seeded(seed)
+    device = data.text.device
     shared.train()
     private.train()
     opt_d = _adam(private.parameters(), cfg.lr_discriminator, cfg)
-    opt_g = _adam(shared.generator.parameters(), cfg.lr_generator, cfg)
+    g_modules = nn.ModuleList([shared.generator])
+    g_groups = [{"params": shared.generator.parameters(), "lr": cfg.lr_generator}]
+    if adversary is not None:
+        adversary.train()
+        g_modules.append(adversary)
+        g_groups.append({"params": adversary.parameters(), "lr": cfg.lr_discriminator})
+    opt_g = torch.optim.Adam(g_groups, weight_decay=cfg.weight_decay)
     anchors = [p.detach().clone() for p in shared.generator.parameters()] if proximal_mu > 0 else None
     history: dict[str, list[float]] = defaultdict(list)
-    for _ in range(epochs):
-        for index in minibatches(len(data), cfg.batch_size, rng):
-            batch = data.rows(index.to(data.text.device))
-            noise = shared.generator.sample_noise(len(index), rng).to(data.text.device)
-            for key, value in discriminator_step(shared, private, batch, opt_d, cfg, noise).items():
-                history[key].append(value)
-            step = generator_alignment_step(shared, private, batch, opt_g, cfg, noise, anchors, proximal_mu)
-            for key, value in step.items():
-                history[key].append(value)
+    with contextlib.ExitStack() as stack:
+        dp = None
+        if cfg.dp_unit == "utterance":
+            if ledger is None:
+                raise ValueError("utterance-level DP needs a PrivacyLedger to record its steps")
+            if proximal_mu > 0:
+                raise ValueError("FedProx's proximal term is not a per-utterance loss: it cannot run under "
+                                 "utterance-level DP")
+            dp = stack.enter_context(UtteranceDP(cfg, len(data), ledger))
+            opt_d = dp.make_private(private, opt_d)
+            opt_g = dp.make_private(g_modules, opt_g)
+        for _ in range(epochs):
+            if dp is None:  # both steps on the same shuffled minibatch
+                pairs = [(index, index) for index in minibatches(len(data), cfg.batch_size, rng)]
+            else:  # each DP step on its own Poisson batch
+                pairs = list(zip(dp.epoch(rng), dp.epoch(rng)))
+            for d_index, g_index in pairs:
+                noise = shared.generator.sample_noise(len(d_index), rng).to(device)
+                if dp is not None:
+                    dp.activate(opt_d)
+                if len(d_index):
+                    batch = data.rows(d_index.to(device))
+                    _record(history, discriminator_step(shared, private, batch, opt_d, cfg, noise))
+                else:
+                    dp.noise_only_step(opt_d)
+                if g_index is not d_index:
+                    noise = shared.generator.sample_noise(len(g_index), rng).to(device)
+                if dp is not None:
+                    dp.activate(opt_g)
+                if len(g_index):
+                    g_index = g_index.to(device)
+                    step = generator_alignment_step(shared, private, data.rows(g_index), opt_g, cfg, noise, anchors,
+                                                    proximal_mu, adversary,
+                                                    None if speakers is None else speakers[g_index])
+                    _record(history, step)
+                else:
+                    dp.noise_only_step(opt_g)
     return _mean(history)
+
+
+def _record(history: dict[str, list[float]], step: dict[str, float]) -> None:
+    for key, value in step.items():
+        history[key].append(value)
 
 
 def local_msa(
@@ -63,7 +123,7 @@ def local_msa(
     proximal_mu: float = 0.0,
 ) -> dict[str, float]:
     """Stage 2 on one client: train M and fine-tune G with the discriminators frozen."""
-    rng = torch.Generator().manual_seed(seed)
+    rng = _seeded(seed)
     shared.train()
     if private is not None:
         private.eval()
@@ -106,7 +166,7 @@ def train_multimodal(
     A fedavg-multimodal client's round (its own data, epochs = local-epochs) and the central-multimodal
     baseline (all training data). `on_epoch(epoch, msa)` is called after each epoch. Returns mean losses.
     """
-    rng = torch.Generator().manual_seed(seed)
+    rng = _seeded(seed)
     optimizer = _adam(msa.parameters(), cfg.lr_msa, cfg)
     anchors = [p.detach().clone() for p in msa.parameters()] if proximal_mu > 0 else None
     history: dict[str, list[float]] = defaultdict(list)

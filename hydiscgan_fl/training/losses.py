@@ -18,6 +18,19 @@ def info_nce(fake: torch.Tensor, real: torch.Tensor, temperature: float) -> torc
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
+def per_utterance_alignment(fake: torch.Tensor, real: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The contrastive term under utterance-level DP: mean over utterances of (1 - cos(fake_i, real_i)) / T.
+
+    InfoNCE's loss for utterance i is -cos_ii / T plus a log-partition over the *other* utterances of the
+    batch, so one utterance's gradient depends on its neighbours and per-utterance clipping would not
+    bound its influence. This keeps the positive-pair term (shifted by 1/T to be >= 0) and drops the
+    in-batch negatives, so the loss of a batch is the mean of per-utterance losses. Without negatives
+    nothing in this term stops fakes from bunching together; the reconstruction and real/fake terms,
+    both per utterance, still separate them.
+    """
+    return ((1.0 - F.cosine_similarity(fake, real, dim=1)) / temperature).mean()
+
+
 def real_fake_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """The discriminator's binary cross-entropy: real -> 1, fake -> 0."""
     return F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) + (

@@ -1,7 +1,9 @@
 """One function per local training step (each a single optimiser update on one minibatch).
 
 Stage 1 (modal alignment) alternates `discriminator_step` and `generator_alignment_step`;
-stage 2 (MSA) runs `msa_step` with the client's discriminators frozen.
+stage 2 (MSA) runs `msa_step` with the client's discriminators frozen. Under utterance-level DP
+(dp-unit "utterance") the optimisers of the first two are Opacus DP optimisers and every loss term is a
+mean of per-utterance losses (see hydiscgan_fl.privacy.dp_sgd).
 """
 
 from __future__ import annotations
@@ -10,9 +12,23 @@ import torch
 import torch.nn.functional as F
 
 from hydiscgan_fl.config import HyDiscGANConfig
-from hydiscgan_fl.models import ClientDiscriminators, SharedModels
+from hydiscgan_fl.models import ClientDiscriminators, SharedModels, SpeakerAdversary
 from hydiscgan_fl.training.data import UtteranceTensors
-from hydiscgan_fl.training.losses import fool_loss, info_nce, proximal_term, real_fake_loss, sentiment_loss
+from hydiscgan_fl.training.losses import (
+    fool_loss,
+    info_nce,
+    per_utterance_alignment,
+    proximal_term,
+    real_fake_loss,
+    sentiment_loss,
+)
+
+
+def _contrastive(fake: torch.Tensor, real: torch.Tensor, cfg: HyDiscGANConfig) -> torch.Tensor:
+    """InfoNCE over the batch, or its per-utterance form when each utterance is a DP record."""
+    if cfg.dp_unit == "utterance":
+        return per_utterance_alignment(fake, real, cfg.temperature)
+    return info_nce(fake, real, cfg.temperature)
 
 
 def discriminator_step(
@@ -29,8 +45,8 @@ def discriminator_step(
     real_a, real_v = private.logits(batch.audio, batch.visual, batch.text)
     fake_a, fake_v = private.logits(fake_audio, fake_visual, batch.text)
     loss_disc = real_fake_loss(real_a, fake_a) + real_fake_loss(real_v, fake_v)
-    loss_nce = info_nce(private.encoder_audio(fake_audio), private.encoder_audio(batch.audio), cfg.temperature) + (
-        info_nce(private.encoder_visual(fake_visual), private.encoder_visual(batch.visual), cfg.temperature)
+    loss_nce = _contrastive(private.encoder_audio(fake_audio), private.encoder_audio(batch.audio), cfg) + (
+        _contrastive(private.encoder_visual(fake_visual), private.encoder_visual(batch.visual), cfg)
     )
     loss = loss_disc + cfg.lambda_contrastive * loss_nce
     optimizer.zero_grad(set_to_none=True)
@@ -48,26 +64,41 @@ def generator_alignment_step(
     noise: torch.Tensor,
     anchors: list[torch.Tensor] | None = None,
     proximal_mu: float = 0.0,
+    adversary: SpeakerAdversary | None = None,
+    speakers: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Update G only: fool D (adversarial) + contrastive alignment in E's space + reconstruction."""
-    fake_audio, fake_visual = shared.generator(batch.text, noise)
-    fake_a, fake_v = private.logits(fake_audio, fake_visual, batch.text)
-    loss_adv = fool_loss(fake_a) + fool_loss(fake_v)
-    with torch.no_grad():
-        real_emb_a = private.encoder_audio(batch.audio)
-        real_emb_v = private.encoder_visual(batch.visual)
-    loss_nce = info_nce(private.encoder_audio(fake_audio), real_emb_a, cfg.temperature) + (
-        info_nce(private.encoder_visual(fake_visual), real_emb_v, cfg.temperature)
-    )
-    loss_recon = F.mse_loss(fake_audio, batch.audio) + F.mse_loss(fake_visual, batch.visual)
-    loss = cfg.lambda_adv * loss_adv + cfg.lambda_contrastive * loss_nce + cfg.lambda_recon * loss_recon
-    if proximal_mu > 0.0 and anchors is not None:
-        loss = loss + proximal_term(list(shared.generator.parameters()), anchors, proximal_mu)
-    optimizer.zero_grad(set_to_none=True)
-    private.zero_grad(set_to_none=True)  # D's gradients from this loss must not leak into its next step
-    loss.backward()
+    """Update G: fool D (adversarial) + contrastive alignment in E's space + reconstruction.
+
+    With a speaker `adversary` (and the batch's local `speakers` ids), the optimiser also trains the
+    adversary on G's fakes; its gradient-reversal layer hands G the reversed, scaled gradient.
+    """
+    private.requires_grad_(False)  # D and E are fixed here: no gradients (nor Opacus per-sample ones) for them
+    try:
+        fake_audio, fake_visual = shared.generator(batch.text, noise)
+        fake_a, fake_v = private.logits(fake_audio, fake_visual, batch.text)
+        loss_adv = fool_loss(fake_a) + fool_loss(fake_v)
+        with torch.no_grad():
+            real_emb_a = private.encoder_audio(batch.audio)
+            real_emb_v = private.encoder_visual(batch.visual)
+        loss_nce = _contrastive(private.encoder_audio(fake_audio), real_emb_a, cfg) + (
+            _contrastive(private.encoder_visual(fake_visual), real_emb_v, cfg)
+        )
+        loss_recon = F.mse_loss(fake_audio, batch.audio) + F.mse_loss(fake_visual, batch.visual)
+        loss = cfg.lambda_adv * loss_adv + cfg.lambda_contrastive * loss_nce + cfg.lambda_recon * loss_recon
+        metrics = {"loss_gen_adv": loss_adv.item(), "loss_contrastive": loss_nce.item(),
+                   "loss_recon": loss_recon.item()}
+        if adversary is not None:
+            loss_speaker = F.cross_entropy(adversary(fake_audio, fake_visual), speakers)
+            loss = loss + loss_speaker
+            metrics["loss_speaker_adv"] = loss_speaker.item()
+        if proximal_mu > 0.0 and anchors is not None:
+            loss = loss + proximal_term(list(shared.generator.parameters()), anchors, proximal_mu)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    finally:
+        private.requires_grad_(True)
     optimizer.step()
-    return {"loss_gen_adv": loss_adv.item(), "loss_contrastive": loss_nce.item(), "loss_recon": loss_recon.item()}
+    return metrics
 
 
 def msa_step(

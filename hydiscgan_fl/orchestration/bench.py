@@ -1,0 +1,426 @@
+"""`hydiscgan bench`: HyDiscGAN against its baselines in one command.
+
+    hydiscgan bench --dataset mosi-bclstm --methods text-only,hydiscgan --seeds 3 --out DIR
+
+Methods (same model family; every method gets rounds-msa x local-epochs epochs over the training data,
+the alignment stage is extra for the GAN methods):
+
+- text-only           central, text only at train and test time;
+- hydiscgan           federated HyDiscGAN (the main job, through Flower's simulation), text only at test;
+- hydiscgan-central   HyDiscGAN's models and losses with all training data in one place;
+- fedavg-multimodal   federated M(t, a, v) with FedAvg, real audio/visual at test (violates the privacy goal);
+- central-multimodal  central M(t, a, v) on real audio/visual (the privacy-violating upper bound).
+
+Federated methods run through LocalFederation on --num-clients simulated SuperNodes with the speaker
+partition. Writes DIR/summary.csv (one row per method and seed; rows already there are skipped, so an
+interrupted benchmark resumes), DIR/summary.md, DIR/metrics.png, DIR/rounds.png, and keeps each
+federated run directory under DIR/runs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
+from hydiscgan_fl.data import DataError, load_dataset
+from hydiscgan_fl.models import build_shared_models
+from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
+from hydiscgan_fl.privacy.attacks import speaker_attack
+from hydiscgan_fl.training import pick_device, to_tensors
+from hydiscgan_fl.training.central import generated_features, real_features, run_central
+
+# Most privacy-preserving first; the federated ones are the run-config `method` of the same name.
+METHODS = ("text-only", "hydiscgan", "hydiscgan-central", "fedavg-multimodal", "central-multimodal")
+FEDERATED_METHODS = ("hydiscgan", "fedavg-multimodal")
+METRIC_COLUMNS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr", "acc2", "f1")
+COST_COLUMNS = ("client_bytes_up_per_round", "client_bytes_down_per_round", "client_train_s_per_round")
+COLUMNS = ("dataset", "method", "seed", *METRIC_COLUMNS, "speaker_attack_acc", "speaker_attack_chance",
+           *COST_COLUMNS, "wall_s")
+SCHEDULE_KEYS = ("rounds-align", "rounds-msa", "local-epochs")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark HyDiscGAN against text-only, central and multimodal baselines",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dataset", default="mosi-bclstm",
+                        help="mosi-bclstm, synthetic or mmsa:<path to .pkl> (default: %(default)s)")
+    parser.add_argument("--data-dir", default="", help="folder holding mosi-bclstm/ (default: the checkout's data/)")
+    parser.add_argument("--methods", type=_method_list, default=METHODS,
+                        help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    parser.add_argument("--seeds", type=int, default=3, help="run seeds 0..N-1 (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder (default: %(default)s)")
+    parser.add_argument("--num-clients", type=int, default=8,
+                        help="simulated SuperNodes of the federated methods (default: %(default)s)")
+    defaults = HyDiscGANConfig().to_run_config()
+    for key in SCHEDULE_KEYS:
+        parser.add_argument(f"--{key}", type=int, default=None,
+                            help=f"override the run config's {key} (default: {defaults[key]})")
+    parser.set_defaults(handler=run)
+
+
+def _method_list(text: str) -> tuple[str, ...]:
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {','.join(METHODS)}")
+    return methods
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.out.resolve()
+    try:
+        base = _base_config(args)
+        if base.dataset.startswith("partitions:"):
+            raise ConfigError("--dataset must name a full dataset (audio/visual included), not a partitions folder")
+        if args.seeds < 1 or args.num_clients < 1:
+            raise ConfigError("--seeds and --num-clients must be >= 1")
+        out.mkdir(parents=True, exist_ok=True)
+        _check_settings(out, {"dataset": base.dataset, "num-clients": args.num_clients,
+                              **{key: base.to_run_config()[key] for key in SCHEDULE_KEYS}})
+    except (ConfigError, DataError, OSError) as err:
+        print(f"hydiscgan bench: error: {err}", file=sys.stderr)
+        return 2
+    done = {(row["method"], int(row["seed"])) for row in read_rows(out / "summary.csv")}
+    federation: LocalFederation | None = None
+    # These models are small: a second torch thread only contends with the federation's processes (on a
+    # busy 2-core machine one epoch of HyDiscGAN's alignment stage took 4 s on one thread, 190 s on two).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    on_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that `finally` stops the SuperLink
+    try:
+        for seed in range(args.seeds):
+            for method in args.methods:
+                label = f"{method} seed {seed}"
+                if (method, seed) in done:
+                    print(f"[{label}] already in summary.csv, skipped", flush=True)
+                    continue
+                cfg = base.model_copy(update={"seed": seed})
+                started = time.time()
+                if method in FEDERATED_METHODS:
+                    federation = federation or LocalFederation()
+                    row = federated_row(federation, method, cfg, args.num_clients, out, label)
+                else:
+                    row = central_row(method, cfg, label)
+                row.update({"dataset": base.dataset, "method": method, "seed": seed, "wall_s": time.time() - started})
+                append_row(out / "summary.csv", row)
+                print(f"[{label}] done in {row['wall_s']:.0f} s: acc2={row['acc2']:.4f} "
+                      f"speaker attack={row['speaker_attack_acc']:.3f} (chance {row['speaker_attack_chance']:.3f})",
+                      flush=True)
+        report = write_report(out, raw_feature_attack(base))
+    except FederatedRunError as err:
+        print(f"hydiscgan bench: a federated run failed: {err}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
+        torch.set_num_threads(threads)
+        if federation is not None:
+            federation.close()
+    print(report)
+    print(f"results in {out}")
+    return 0
+
+
+def _exit_on_sigterm(signum, frame) -> None:  # noqa: ANN001
+    raise SystemExit(128 + signum)
+
+
+def _base_config(args: argparse.Namespace) -> HyDiscGANConfig:
+    """The validated run config shared by every method and seed (dataset, data dir, schedule)."""
+    dataset = args.dataset
+    if dataset.startswith("mmsa:"):
+        dataset = "mmsa:" + str(Path(dataset[5:]).expanduser().resolve())
+    data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else ""
+    schedule = {key: getattr(args, key.replace("-", "_")) for key in SCHEDULE_KEYS}
+    return HyDiscGANConfig.from_run_config(
+        {"dataset": dataset, "data-dir": data_dir, **{k: v for k, v in schedule.items() if v is not None}})
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """One output folder holds one dataset and schedule, so that resumed rows are comparable."""
+    path = out / "bench.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            raise ConfigError(f"{out} holds a benchmark with other settings {previous}; these are {settings}. "
+                              "Use another --out.")
+    else:
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+# -- one row ------------------------------------------------------------------------------------------
+def central_row(method: str, cfg: HyDiscGANConfig, label: str) -> dict[str, Any]:
+    def progress(unit: str, done: int, total: int, metrics: dict[str, float]) -> None:
+        print(f"[{label}] {unit} {done}/{total} test acc2={metrics['acc2']:.4f}", flush=True)
+
+    result = run_central(method, cfg, progress)
+    return {**result.metrics, **_attack(result.inference_features, cfg)}
+
+
+class RoundProgress:
+    """Turns a federated run's server log into `[method seed s] round r/R (stage) test acc2=x` lines.
+
+    The log is re-read while it grows, so a line may come twice or cut short: each round is printed once,
+    from a complete MetricRecord."""
+
+    _ROUND = re.compile(r"\[ROUND (\d+)/(\d+)\]")
+    _STAGE = re.compile(r"round \d+ \((\w+)\): sending")
+    _ACC2 = re.compile(r"MetricRecord: \{.*'acc2': ([-+0-9.eE]+|nan)[,}]")
+
+    def __init__(self, label: str):
+        self.label = label
+        self.round, self.total, self.stage, self.printed = 0, 0, "", 0
+
+    def __call__(self, line: str) -> None:
+        line = _ANSI.sub("", line)
+        if match := self._ROUND.search(line):
+            self.round, self.total = int(match[1]), int(match[2])
+        elif match := self._STAGE.search(line):
+            self.stage = match[1]
+        elif self.round > self.printed and (match := self._ACC2.search(line)):
+            self.printed = self.round
+            print(f"[{self.label}] round {self.round}/{self.total} ({self.stage}) test acc2={float(match[1]):.4f}",
+                  flush=True)
+
+
+def federated_row(federation: LocalFederation, method: str, cfg: HyDiscGANConfig, num_clients: int, out: Path,
+                  label: str) -> dict[str, Any]:
+    run_config = {key: value for key, value in cfg.to_run_config().items() if key in
+                  ("dataset", "data-dir", "seed", *SCHEDULE_KEYS)}
+    run_config.update({"method": method, "output-dir": str(run_group(out, method, cfg.seed))})
+    outcome = federation.run(run_config, num_clients, progress=RoundProgress(label))
+    summary = json.loads((outcome.run_dir / "summary.json").read_text())
+    train = _train_tensors(cfg)
+    if method == "hydiscgan":
+        checkpoint = torch.load(outcome.run_dir / "checkpoint.pt", weights_only=True)
+        shared = build_shared_models(checkpoint["dims"], HyDiscGANConfig.from_run_config(checkpoint["config"]), 0)
+        shared.generator.load_state_dict(checkpoint["generator"])
+        features = generated_features(shared.generator.to(train.text.device), train.text)
+    else:
+        features = real_features(train)
+    return {**{key: summary[key] for key in METRIC_COLUMNS if key in summary}, **_attack(features, cfg),
+            **client_cost(outcome.run_dir)}
+
+
+def run_group(out: Path, method: str, seed: int) -> Path:
+    """Where the run directories of one federated method and seed go."""
+    return out / "runs" / f"{method}-seed{seed}"
+
+
+def _train_tensors(cfg: HyDiscGANConfig):
+    dataset = load_dataset(cfg.dataset, cfg.resolved_data_dir(), cfg.seed)
+    return to_tensors(dataset.split_subset("train"), pick_device())
+
+
+def _attack(features: np.ndarray, cfg: HyDiscGANConfig) -> dict[str, float]:
+    """Speaker identification from what a method consumes at inference, on the training speakers'
+    utterances (attack-trained on some of each speaker's utterances, tested on the others)."""
+    speakers = load_dataset(cfg.dataset, cfg.resolved_data_dir(), cfg.seed).split_subset("train").speakers
+    result = speaker_attack(features, speakers, seed=cfg.seed)
+    return {key: result[key] for key in ("speaker_attack_acc", "speaker_attack_chance")}
+
+
+def raw_feature_attack(cfg: HyDiscGANConfig) -> dict[str, Any]:
+    """The attack on raw (not standardised) audio‖visual of the training utterances, seed 0: a reference for
+    how much speaker identity the clients' recordings carry before per-speaker standardisation."""
+    train = load_dataset(cfg.dataset, cfg.resolved_data_dir(), cfg.seed).split_subset("train")
+    return speaker_attack(np.concatenate([train.audio, train.visual], axis=1), train.speakers, seed=0)
+
+
+def client_cost(run_dir: Path) -> dict[str, float]:
+    """Mean over rounds of the per-client bytes up/down and client train seconds in metrics.csv."""
+    rounds = pd.read_csv(run_dir / "metrics.csv")
+    return {
+        "client_bytes_up_per_round": float(rounds["bytes_up_per_client"].mean()),
+        "client_bytes_down_per_round": float(rounds["bytes_down_per_client"].mean()),
+        "client_train_s_per_round": float(rounds["client_train_s_mean"].mean()),
+    }
+
+
+# -- summary.csv --------------------------------------------------------------------------------------
+def read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one row (written at once, so an interrupted benchmark keeps every finished row)."""
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({column: _cell(row.get(column)) for column in COLUMNS})
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+# -- summary.md and plots -----------------------------------------------------------------------------
+def write_report(out: Path, raw_attack: dict[str, Any]) -> str:
+    """summary.md (mean ± std over seeds per method) and the plots, from everything in summary.csv."""
+    table = pd.read_csv(out / "summary.csv")
+    methods = [m for m in METHODS if m in set(table["method"])]
+    shown = [c for c in (*METRIC_COLUMNS, "speaker_attack_acc", "speaker_attack_chance", *COST_COLUMNS, "wall_s")
+             if table[c].notna().any()]
+    settings = json.loads((out / "bench.json").read_text())
+    lines = [
+        f"# HyDiscGAN benchmark: {settings['dataset']}",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {machine()}",
+        f"- seeds: {', '.join(str(s) for s in sorted(set(table['seed'])))}; "
+        f"schedule: {settings['rounds-align']} alignment + {settings['rounds-msa']} MSA rounds x "
+        f"{settings['local-epochs']} local epochs; federated methods on {settings['num-clients']} simulated "
+        "clients (speaker partition)",
+        "- mean ± sample std over seeds (n = number of seeds); bytes are per client per round",
+        "",
+        "| method | n | " + " | ".join(shown) + " |",
+        "|---|---|" + "---|" * len(shown),
+    ]
+    for method in methods:
+        rows = table[table["method"] == method]
+        cells = [_mean_std(rows[c], c) for c in shown]
+        lines.append(f"| {method} | {len(rows)} | " + " | ".join(cells) + " |")
+    lines += ["", *NOTES,
+              f"- reference: the same attack on the raw, unstandardised audio‖visual of the training utterances "
+              f"reaches {raw_attack['speaker_attack_acc']:.4f} (chance {raw_attack['speaker_attack_chance']:.4f}, "
+              f"{raw_attack['num_speakers']} speakers, seed 0): the clients' recordings identify their speakers.",
+              "", "![metrics](metrics.png)", "", "![test acc2 per round](rounds.png)", ""]
+    text = "\n".join(lines)
+    (out / "summary.md").write_text(text)
+    plot_metrics(table, methods, out / "metrics.png")
+    plot_rounds(table, out, settings, out / "rounds.png")
+    return text
+
+
+NOTES = (
+    "Notes:",
+    "- acc2/f1: binary labels are scored directly; for continuous labels they are the non0 versions "
+    "(negative vs positive, zeros excluded), as in recent MSA papers; has0/non0, acc5/acc7, mae and corr "
+    "follow MMSA's metricsTop. Regression columns are empty on binary labels.",
+    "- text-only, hydiscgan and hydiscgan-central use only text at test time; fedavg-multimodal and "
+    "central-multimodal need the real audio/visual of the test utterances (they violate the privacy goal).",
+    "- speaker_attack_acc: a speaker-identification MLP trained on what the method consumes at inference "
+    "(text; G(t, 0) = fake audio‖visual; or the real audio‖visual), on the training speakers' utterances, "
+    "tested on held-out utterances of the same speakers; speaker_attack_chance is the majority-class rate. "
+    "Real features are standardised per speaker, which removes each speaker's mean, so the attack on them is "
+    "far weaker than on raw features (see the reference below); values below chance are an artefact of that "
+    "centring (a speaker's attack-train and held-out utterances then have opposite means).",
+    "- client cost: federated methods only, from each run's metrics.csv under runs/.",
+)
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {gpu}"
+
+
+def _mean_std(values: pd.Series, column: str) -> str:
+    values = values.dropna()
+    if values.empty:
+        return ""
+    mean = float(values.mean())
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    if column.startswith("client_bytes"):
+        return f"{mean / 1e3:.1f} kB ± {std / 1e3:.1f}"
+    if column.endswith("_s") or column.endswith("_s_per_round"):
+        return f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metrics(table: pd.DataFrame, methods: list[str], target: Path) -> None:
+    """Mean with error bars (std over seeds) per method, one panel per metric; the seeds as small dots."""
+    plt = _pyplot()
+    panels = [c for c in ("acc2", "f1", "mae", "corr", "acc7", "speaker_attack_acc") if table[c].notna().any()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, column in zip(axes[0], panels, strict=True):
+        for x, method in enumerate(methods):
+            values = table.loc[table["method"] == method, column].dropna()
+            color = f"C{METHODS.index(method)}"
+            ax.scatter([x] * len(values), values, s=8, color=color, alpha=0.5)
+            ax.errorbar(x, values.mean(), yerr=values.std() if len(values) > 1 else 0.0, fmt="o", capsize=4,
+                        color=color)
+        if column == "speaker_attack_acc":
+            ax.axhline(table["speaker_attack_chance"].mean(), color="k", linestyle="--", linewidth=1, label="chance")
+            ax.legend(fontsize=7)
+        ax.set_xticks(range(len(methods)), methods, rotation=40, ha="right", fontsize=7)
+        ax.set_title(column)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+
+
+def round_curves(out: Path, method: str, seeds: list[int]) -> pd.DataFrame:
+    """test_acc2 per round (columns: seeds) from the newest finished run of each seed under runs/."""
+    curves = {}
+    for seed in seeds:
+        finished = sorted(p.parent for p in run_group(out, method, seed).glob("*/summary.json"))
+        if finished:
+            curves[seed] = pd.read_csv(finished[-1] / "metrics.csv").set_index("round")["test_acc2"]
+    return pd.DataFrame(curves)
+
+
+def plot_rounds(table: pd.DataFrame, out: Path, settings: dict[str, Any], target: Path) -> None:
+    """Test acc2 per round of the federated methods (mean ± std over seeds); central methods' final acc2 dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method in METHODS:
+        rows = table[table["method"] == method]
+        if rows.empty:
+            continue
+        color = f"C{METHODS.index(method)}"
+        if method in FEDERATED_METHODS:
+            curves = round_curves(out, method, sorted(rows["seed"]))
+            if curves.empty:
+                continue
+            mean, std = curves.mean(axis=1), curves.std(axis=1).fillna(0.0)
+            ax.plot(mean.index, mean, marker=".", color=color, label=method)
+            ax.fill_between(mean.index, mean - std, mean + std, color=color, alpha=0.2)
+        else:
+            ax.axhline(rows["acc2"].mean(), color=color, linestyle="--", linewidth=1, label=f"{method} (final)")
+    if "hydiscgan" in set(table["method"]) and settings["rounds-align"]:
+        ax.axvline(settings["rounds-align"] + 0.5, color="grey", linestyle=":", linewidth=1)
+        ax.text(settings["rounds-align"] + 0.7, ax.get_ylim()[0], "hydiscgan: MSA stage ->", fontsize=7,
+                va="bottom", color="grey")
+    ax.set_xlabel("round")
+    ax.set_ylabel("test acc2")
+    ax.set_title(f"{settings['dataset']}: test acc2 per round")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)

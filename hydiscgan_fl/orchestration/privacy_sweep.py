@@ -1,0 +1,247 @@
+"""`hydiscgan privacy`: the privacy-utility sweep of HyDiscGAN through real federated runs.
+
+    hydiscgan privacy --dataset mosi-bclstm --out DIR
+
+Grid: for each DP unit (``none``, ``speaker``, ``utterance``) every noise multiplier (one point with no
+noise for ``none``), crossed with every adv-lambda (adversarial identity unlearning). Each point is one
+federated run through LocalFederation (--num-clients SuperNodes, speaker partition, the run config's
+schedule unless overridden); the released model is then attacked:
+
+- speaker_attack_acc: speaker identification from G(t, 0) of the training speakers' utterances
+  (attack-trained on some utterances of each speaker, tested on the others; as in `hydiscgan bench`);
+- mia_auc: membership inference on the released G, training utterances as members and the held-out
+  (test-speaker) utterances as non-members, the attacker holding their real features (0.5 = chance).
+
+epsilon_rdp / epsilon_prv are (epsilon, dp-delta)-DP guarantees at the end of the run (inf: no DP);
+wdp_loss is the Wasserstein accountant's EMPIRICAL figure, not a guarantee (it grows with the noise).
+Writes DIR/privacy.csv (rows already there are skipped, so an interrupted sweep resumes),
+DIR/privacy.png and each run directory under DIR/runs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
+from hydiscgan_fl.data import DataError, load_dataset
+from hydiscgan_fl.models import build_shared_models
+from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
+from hydiscgan_fl.privacy.attacks import generator_membership_attack, speaker_attack
+from hydiscgan_fl.privacy.ledger import PRIVACY_COLUMNS
+from hydiscgan_fl.training import pick_device, to_tensors
+from hydiscgan_fl.training.central import generated_features, real_features
+
+COLUMNS = ("dp_unit", "noise_multiplier", "adv_lambda", *PRIVACY_COLUMNS, "acc2", "f1", "speaker_attack_acc",
+           "mia_auc")
+UNITS = ("none", "speaker", "utterance")
+SCHEDULE_KEYS = ("rounds-align", "rounds-msa", "local-epochs")
+DEFAULT_NOISE_MULTIPLIERS = (0.5, 2.0)
+DEFAULT_ADV_LAMBDAS = (0.0, 1.0)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "privacy",
+        help="privacy-utility sweep: DP unit x noise multiplier x adv-lambda, with attacks on the released G",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dataset", default="mosi-bclstm",
+                        help="mosi-bclstm, synthetic or mmsa:<path to .pkl> (default: %(default)s)")
+    parser.add_argument("--data-dir", default="", help="folder holding mosi-bclstm/ (default: the checkout's data/)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--units", type=_units, default=UNITS,
+                        help=f"comma-separated DP units from {','.join(UNITS)} (default: all)")
+    parser.add_argument("--noise-multipliers", type=_floats, default=DEFAULT_NOISE_MULTIPLIERS,
+                        help="dp-noise-multiplier values of the DP units (default: %(default)s)")
+    parser.add_argument("--adv-lambdas", type=_floats, default=DEFAULT_ADV_LAMBDAS,
+                        help="adv-lambda values, 0 = no speaker adversary (default: %(default)s)")
+    parser.add_argument("--clip-norm", type=float, default=None, help="dp-clip-norm (default: the run config's)")
+    parser.add_argument("--delta", type=float, default=None, help="dp-delta (default: the run config's)")
+    parser.add_argument("--num-clients", type=int, default=8, help="simulated SuperNodes (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
+    defaults = HyDiscGANConfig().to_run_config()
+    for key in SCHEDULE_KEYS:
+        parser.add_argument(f"--{key}", type=int, default=None,
+                            help=f"override the run config's {key} (default: {defaults[key]})")
+    parser.set_defaults(handler=run)
+
+
+def _units(text: str) -> tuple[str, ...]:
+    units = tuple(u.strip() for u in text.split(",") if u.strip())
+    if not units or any(u not in UNITS for u in units):
+        raise argparse.ArgumentTypeError(f"DP units must come from {','.join(UNITS)}, got {text!r}")
+    return units
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers >= 0, got {text!r}")
+    return values
+
+
+def grid(units: tuple[str, ...], noise_multipliers: tuple[float, ...],
+         adv_lambdas: tuple[float, ...]) -> list[tuple[str, float, float]]:
+    """(dp_unit, noise_multiplier, adv_lambda) points; the unit "none" has no noise (0)."""
+    return [(unit, noise, adv) for unit in units for noise in ((0.0,) if unit == "none" else noise_multipliers)
+            for adv in adv_lambdas]
+
+
+def point_config(base: HyDiscGANConfig, unit: str, noise: float, adv: float) -> HyDiscGANConfig:
+    update: dict[str, Any] = {"dp_unit": unit, "adv_lambda": adv}
+    if unit != "none":
+        update["dp_noise_multiplier"] = noise
+    return HyDiscGANConfig.model_validate({**base.model_dump(), **update})
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.out.resolve()
+    try:
+        overrides = {key: getattr(args, key.replace("-", "_")) for key in SCHEDULE_KEYS}
+        base = HyDiscGANConfig.from_run_config({
+            "dataset": args.dataset, "data-dir": args.data_dir, "seed": args.seed,
+            **{key: value for key, value in overrides.items() if value is not None},
+            **({"dp-clip-norm": args.clip_norm} if args.clip_norm is not None else {}),
+            **({"dp-delta": args.delta} if args.delta is not None else {}),
+        })
+        points = grid(args.units, args.noise_multipliers, args.adv_lambdas)
+        configs = [point_config(base, *point) for point in points]  # every point valid before any run
+        if args.num_clients < 1:
+            raise ConfigError("--num-clients must be >= 1")
+        out.mkdir(parents=True, exist_ok=True)
+    except (ConfigError, DataError, OSError) as err:
+        print(f"hydiscgan privacy: error: {err}", file=sys.stderr)
+        return 2
+    done = {_key(row) for row in read_rows(out / "privacy.csv")}
+    federation: LocalFederation | None = None
+    try:
+        for point, cfg in zip(points, configs):
+            label = f"dp-unit={point[0]} noise={point[1]:g} adv-lambda={point[2]:g}"
+            if _key({"dp_unit": point[0], "noise_multiplier": point[1], "adv_lambda": point[2]}) in done:
+                print(f"[{label}] already in privacy.csv, skipped", flush=True)
+                continue
+            started = time.time()
+            federation = federation or LocalFederation()
+            row = sweep_row(federation, cfg, args.num_clients, out / "runs")
+            append_row(out / "privacy.csv", row)
+            print(f"[{label}] done in {time.time() - started:.0f} s: acc2={row['acc2']:.4f} "
+                  f"epsilon_rdp={row['epsilon_rdp']:.3g} speaker attack={row['speaker_attack_acc']:.3f} "
+                  f"mia auc={row['mia_auc']:.3f}", flush=True)
+    except FederatedRunError as err:
+        print(f"hydiscgan privacy: a federated run failed: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if federation is not None:
+            federation.close()
+    rows = read_rows(out / "privacy.csv")
+    plot(rows, out / "privacy.png")
+    print(f"results in {out}: privacy.csv ({len(rows)} rows), privacy.png")
+    return 0
+
+
+def _key(row: dict[str, Any]) -> tuple[str, float, float]:
+    return str(row["dp_unit"]), float(row["noise_multiplier"]), float(row["adv_lambda"])
+
+
+def sweep_row(federation: LocalFederation, cfg: HyDiscGANConfig, num_clients: int, runs: Path) -> dict[str, Any]:
+    """Run one point federated, then attack what it released."""
+    run_config = {key: value for key, value in cfg.to_run_config().items()
+                  if key in ("dataset", "data-dir", "seed", "dp-unit", "dp-clip-norm", "dp-noise-multiplier",
+                             "dp-delta", "adv-lambda", *SCHEDULE_KEYS)}
+    run_config["output-dir"] = str(runs)
+    outcome = federation.run(run_config, num_clients)
+    summary = json.loads((outcome.run_dir / "summary.json").read_text())
+    checkpoint = torch.load(outcome.run_dir / "checkpoint.pt", weights_only=True)
+    generator = build_shared_models(checkpoint["dims"], cfg, cfg.seed).generator
+    generator.load_state_dict(checkpoint["generator"])
+    privacy = {column: summary.get(column, math.inf if column.startswith("epsilon") else math.nan)
+               for column in PRIVACY_COLUMNS}
+    return {"dp_unit": cfg.dp_unit, "noise_multiplier": cfg.dp_noise_multiplier if cfg.dp_unit != "none" else 0.0,
+            "adv_lambda": cfg.adv_lambda, **privacy, "acc2": summary["acc2"], "f1": summary["f1"],
+            **release_attacks(generator, cfg)}
+
+
+def release_attacks(generator: torch.nn.Module, cfg: HyDiscGANConfig) -> dict[str, float]:
+    """Speaker identification on G(t, 0) of the training speakers; membership inference on G."""
+    dataset = load_dataset(cfg.dataset, cfg.resolved_data_dir(), cfg.seed)
+    device = pick_device()
+    train = to_tensors(dataset.split_subset("train"), device)
+    test = to_tensors(dataset.split_subset("test"), device)
+    generator = generator.to(device)
+    fakes = generated_features(generator, train.text)
+    speaker = speaker_attack(fakes, dataset.split_subset("train").speakers, seed=cfg.seed)
+    mia = generator_membership_attack(
+        lambda text: generated_features(generator, torch.as_tensor(text, device=device)),
+        train.text.cpu().numpy(), real_features(train), test.text.cpu().numpy(), real_features(test))
+    return {"speaker_attack_acc": speaker["speaker_attack_acc"], "mia_auc": mia["mia_auc"]}
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({column: row[column] for column in COLUMNS})
+
+
+def plot(rows: list[dict[str, str]], target: Path) -> None:
+    """Utility (acc2) against epsilon (RDP) and against the speaker attack's accuracy, one series per unit
+    and adv-lambda. Runs without DP have no finite epsilon: dashed lines in the first panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
+    series: dict[tuple[str, float], list[dict[str, float]]] = {}
+    for row in rows:
+        values = {key: float(row[key]) for key in COLUMNS if key != "dp_unit"}
+        series.setdefault((row["dp_unit"], values["adv_lambda"]), []).append(values)
+    any_finite = False
+    for number, ((unit, adv), points) in enumerate(sorted(series.items())):
+        points.sort(key=lambda p: p["noise_multiplier"])
+        style = {"color": plt.cm.tab10(number % 10), "label": f"{unit}, adv-lambda={adv:g}"}
+        finite = [p for p in points if np.isfinite(p["epsilon_rdp"])]
+        any_finite = any_finite or bool(finite)
+        if finite:
+            left.plot([p["epsilon_rdp"] for p in finite], [p["acc2"] for p in finite], "o-", **style)
+            for p in finite:
+                left.annotate(f"σ={p['noise_multiplier']:g}", (p["epsilon_rdp"], p["acc2"]), fontsize=7,
+                              textcoords="offset points", xytext=(3, 3))
+        else:
+            left.axhline(points[0]["acc2"], linestyle="--", **{**style, "label": f"{style['label']} (no DP)"})
+        right.plot([p["speaker_attack_acc"] for p in points], [p["acc2"] for p in points], "o", **style)
+    if any_finite:
+        left.set_xscale("log")
+    left.set_xlabel("epsilon (RDP, at dp-delta; lower = more private)")
+    right.set_xlabel("speaker-attack accuracy on G(t, 0) (lower = more private)")
+    for ax in (left, right):
+        ax.set_ylabel("test acc2")
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    fig.suptitle("HyDiscGAN privacy-utility sweep")
+    fig.tight_layout()
+    fig.savefig(target, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,143 @@
+"""`hydiscgan bench`: summary.csv columns, resume, the fedavg-multimodal baseline, one real federated row."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+
+from clients import handlers
+from hydiscgan_fl.config import HyDiscGANConfig
+from hydiscgan_fl.orchestration import bench, cli
+from hydiscgan_fl.server_run import ServerRun
+from strategies import HyDiscGANStrategy
+from tests.grids import StaticGrid
+
+COLUMNS = ["dataset", "method", "seed", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae",
+           "corr", "acc2", "f1", "speaker_attack_acc", "speaker_attack_chance", "client_bytes_up_per_round",
+           "client_bytes_down_per_round", "client_train_s_per_round", "wall_s"]
+REGRESSION = ["acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr"]
+COST = ["client_bytes_up_per_round", "client_bytes_down_per_round", "client_train_s_per_round"]
+TINY = ["--rounds-align", "1", "--rounds-msa", "1", "--local-epochs", "1"]
+
+
+def read_summary(out):
+    with (out / "summary.csv").open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return reader.fieldnames, list(reader)
+
+
+def test_summary_has_exactly_the_columns_and_a_rerun_recomputes_nothing(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "--dataset", "synthetic", "--methods", "text-only,central-multimodal,hydiscgan-central",
+            "--seeds", "2", "--out", str(out), *TINY]
+    assert cli.main(argv) == 0
+    columns, rows = read_summary(out)
+    assert columns == COLUMNS
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        (m, s) for s in "01" for m in ("text-only", "central-multimodal", "hydiscgan-central")]
+    for row in rows:
+        assert row["dataset"] == "synthetic"
+        assert all(row[c] != "" for c in REGRESSION + ["acc2", "f1", "speaker_attack_acc", "wall_s"])
+        assert all(row[c] == "" for c in COST)  # central methods have no client cost
+        assert float(row["acc2"]) == float(row["acc2_non0"])
+        assert 0.0 < float(row["speaker_attack_chance"]) < 0.1
+    assert "[hydiscgan-central seed 1] round 2/2 test acc2=" in capsys.readouterr().out
+    for name in ("summary.md", "metrics.png", "rounds.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| central-multimodal | 2 |" in (out / "summary.md").read_text()
+
+    before = (out / "summary.csv").read_text()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a row already in summary.csv was recomputed")
+
+    monkeypatch.setattr(bench, "run_central", must_not_run)
+    assert cli.main(argv) == 0
+    assert (out / "summary.csv").read_text() == before
+    assert "[text-only seed 0] already in summary.csv, skipped" in capsys.readouterr().out
+
+    # Resuming into the same folder with another schedule would mix incomparable rows.
+    assert cli.main([*argv[:-6], "--rounds-align", "2", "--rounds-msa", "1", "--local-epochs", "1"]) == 2
+
+
+def test_binary_labels_leave_the_regression_columns_empty(tmp_path):
+    out = tmp_path / "mosi"
+    assert cli.main(["bench", "--methods", "text-only", "--seeds", "1", "--out", str(out), *TINY]) == 0
+    _, [row] = read_summary(out)
+    assert row["dataset"] == "mosi-bclstm"
+    assert all(row[c] == "" for c in REGRESSION + COST)
+    assert float(row["acc2"]) > 0.6 and row["f1"] != ""
+    assert float(row["speaker_attack_acc"]) < 0.2  # text barely identifies the speaker
+
+
+def test_round_progress_parses_the_server_log(capsys):
+    progress = bench.RoundProgress("hydiscgan seed 1")
+    for line in ["\x1b[92mINFO \x1b[0m:      [ROUND 7/24]",
+                 "INFO :      round 7 (msa): sending generator+msa to 8 node(s)",
+                 "INFO :      \t└──> Aggregated MetricRecord: {'loss-task': 0.5}",
+                 "INFO :      \t└──> MetricRecord: {'acc2': 0.75, 'f1': 0.74}",
+                 "INFO :      \t  13: {'acc2': '7.6330e-01', 'f1': '7.6496e-01'},"]:
+        progress(line)
+    assert capsys.readouterr().out == "[hydiscgan seed 1] round 7/24 (msa) test acc2=0.7500\n"
+
+
+def test_fedavg_multimodal_sends_and_returns_only_msa_and_the_server_tests_on_real_audio_visual(
+        task_identity, tmp_path):
+    cfg = HyDiscGANConfig(dataset="synthetic", method="fedavg-multimodal", local_epochs=1, rounds_msa=3,
+                          output_dir=str(tmp_path))
+    assert cfg.total_rounds == 3 and cfg.stage_of_round(1) == "multimodal"
+    server = ServerRun(cfg)
+    assert server.test_multimodal is not None
+    initial = server.initial_state()
+    assert initial and all(key.startswith("msa.") for key in initial)
+
+    strategy = HyDiscGANStrategy(rounds_align=cfg.rounds_align, node_settle_s=0.0, method=cfg.method)
+    message = next(iter(strategy.configure_train(1, ArrayRecord(initial), ConfigRecord(), StaticGrid([101]))))
+    assert message.content["config"]["stage"] == "multimodal"
+    context = Context(run_id=1, node_id=101, node_config={"partition-id": 1, "num-partitions": 4},
+                      state=RecordDict(), run_config=cfg.to_run_config())
+    reply = handlers.train(message, context)
+
+    sent, returned = message.content["arrays"], reply.content["arrays"]
+    assert set(returned) == set(sent) == set(initial)
+    assert not np.allclose(returned["msa.head.4.weight"].numpy(), sent["msa.head.4.weight"].numpy())
+    assert handlers.PRIVATE_STATE_KEY not in context.state  # no discriminators in this baseline
+    arrays, _ = strategy.aggregate_train(1, [reply])
+    assert [c.status for c in strategy.rounds[-1].clients] == ["ok"]
+    metrics = server.evaluate(arrays.to_torch_state_dict())
+    assert 0.0 <= metrics["acc2"] <= 1.0 and np.isfinite(metrics["mae"])
+    server.finish(arrays.to_torch_state_dict(), 1, {})
+    checkpoint = torch.load(server.run_dir.path / "checkpoint.pt", weights_only=True)
+    assert checkpoint["generator"] == {} and checkpoint["msa"]
+
+
+def test_hydiscgan_server_keeps_no_audio_visual(tmp_path):
+    server = ServerRun(HyDiscGANConfig(dataset="synthetic", output_dir=str(tmp_path)))
+    assert server.test_multimodal is None
+    assert {key.split(".")[0] for key in server.initial_state()} == {"generator", "msa"}
+
+
+def test_one_real_federated_row_has_client_cost_and_speaker_attack(tmp_path, capsys):
+    out = tmp_path / "fed"
+    argv = ["bench", "--dataset", "synthetic", "--methods", "hydiscgan", "--seeds", "1", "--num-clients", "2",
+            "--out", str(out), *TINY]
+    assert cli.main(argv) == 0
+    columns, [row] = read_summary(out)
+    assert columns == COLUMNS and row["method"] == "hydiscgan"
+    assert all(float(row[c]) > 0 for c in COST)
+    assert 0.0 <= float(row["speaker_attack_acc"]) <= 1.0 and float(row["speaker_attack_chance"]) > 0
+    assert all(row[c] != "" for c in REGRESSION)
+    assert "[hydiscgan seed 0] round 2/2 (msa) test acc2=" in capsys.readouterr().out
+    [run_dir] = [p.parent for p in (out / "runs" / "hydiscgan-seed0").glob("*/checkpoint.pt")]
+    assert (run_dir / "metrics.csv").exists()
+    assert (out / "rounds.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("methods", ["hydiscgan,nope", ""])
+def test_unknown_methods_are_refused(methods):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--methods", methods])
