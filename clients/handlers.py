@@ -23,7 +23,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from hydiscgan_fl.config import HyDiscGANConfig
-from hydiscgan_fl.data import DataError, MultimodalDataset, load_dataset, load_partition, partition_indices
+from hydiscgan_fl.data import DataError, MultimodalDataset, load_partition, partition_indices
 from hydiscgan_fl.models import (
     SpeakerAdversary,
     build_client_discriminators,
@@ -49,7 +49,7 @@ def client_dataset(cfg: HyDiscGANConfig, node_config: dict) -> MultimodalDataset
     if "data-path" in node_config:
         dataset = load_partition(node_config["data-path"])
     else:
-        full = load_dataset(cfg.dataset, cfg.resolved_data_dir(), cfg.seed).split_subset("train")
+        full = cfg.load_dataset().split_subset("train")
         pid, parts = int(node_config["partition-id"]), int(node_config["num-partitions"])
         dataset = full.subset(partition_indices(full.labels, full.speakers, parts, cfg.partition, cfg.seed)[pid])
     if len(dataset) < 2:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
+from hydiscgan_fl.data import MultimodalDataset, load_dataset
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _PARTITION_RE = re.compile(r"^(speaker|iid|dirichlet:(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)$")
@@ -199,6 +200,12 @@ class HyDiscGANConfig(BaseModel):
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir) if self.data_dir else project_root() / "data"
+
+    def load_dataset(self) -> MultimodalDataset:
+        """The run's dataset. data-dir is resolved only for the spec that reads it (mosi-bclstm), so a
+        deployed server reading `partitions:<dir>` needs no project checkout."""
+        data_dir = self.resolved_data_dir() if self.dataset == "mosi-bclstm" else None
+        return load_dataset(self.dataset, data_dir, self.seed)
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else project_root() / "runs"

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
-from hydiscgan_fl.data import DataError, load_dataset
+from hydiscgan_fl.data import DataError
 from hydiscgan_fl.metrics import summary_metrics
 from hydiscgan_fl.models import build_shared_models
 from hydiscgan_fl.run_files import RunDirectory, load_state
@@ -54,7 +54,7 @@ class ServerRun:
         self.cfg = cfg
         self.started = time.time()
         self.device = pick_device()
-        dataset = load_dataset(cfg.dataset, cfg.resolved_data_dir(), cfg.seed)
+        dataset = cfg.load_dataset()
         # A server view (dataset "partitions:<dir>") holds no audio/visual columns; it carries the clients' widths.
         self.dims = dict(getattr(dataset, "feature_dims", None) or dataset.dims)
         self.label_kind = dataset.label_kind

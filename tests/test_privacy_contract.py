@@ -11,7 +11,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from clients import handlers
 from hydiscgan_fl.config import HyDiscGANConfig
-from hydiscgan_fl.data import load_dataset
 from hydiscgan_fl.models import build_shared_models
 from strategies import HyDiscGANStrategy
 from tests.grids import StaticGrid
@@ -27,7 +26,7 @@ def mosi_context(cfg: HyDiscGANConfig, partition_id: int) -> Context:
 @pytest.mark.parametrize("server_round", [1, 2])
 def test_reply_holds_only_shared_parameters_and_scalars(task_identity, server_round):
     cfg = HyDiscGANConfig(local_epochs=1)
-    dims = load_dataset(cfg.dataset, cfg.resolved_data_dir(), cfg.seed).dims
+    dims = cfg.load_dataset().dims
     shared = build_shared_models(dims, cfg, cfg.seed)
     strategy = HyDiscGANStrategy(rounds_align=1, node_settle_s=0.0)
     arrays = ArrayRecord(shared.state_dict())

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
-from hydiscgan_fl.data import DataError, load_dataset, load_partition, write_partitions
+from hydiscgan_fl.data import DataError, load_partition, write_partitions
 
 
 def register(subparsers) -> None:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         # The same validation as a run's config (dataset form, partition rule, absolute data-dir).
         cfg = HyDiscGANConfig.from_run_config({"dataset": args.dataset, "partition": args.partition,
                                                "seed": args.seed, "data-dir": args.data_dir})
-        dataset = load_dataset(cfg.dataset, cfg.resolved_data_dir(), cfg.seed)
+        dataset = cfg.load_dataset()
         paths = write_partitions(dataset, args.num_partitions, cfg.partition, cfg.seed, args.out)
     except (ConfigError, DataError, OSError) as err:
         print(f"hydiscgan partition: error: {err}", file=sys.stderr)

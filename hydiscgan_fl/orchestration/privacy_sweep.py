@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
-from hydiscgan_fl.data import DataError, load_dataset
+from hydiscgan_fl.data import DataError
 from hydiscgan_fl.models import build_shared_models
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.privacy.attacks import generator_membership_attack, speaker_attack
@@ -177,7 +177,7 @@ def sweep_row(federation: LocalFederation, cfg: HyDiscGANConfig, num_clients: in
 
 def release_attacks(generator: torch.nn.Module, cfg: HyDiscGANConfig) -> dict[str, float]:
     """Speaker identification on G(t, 0) of the training speakers; membership inference on G."""
-    dataset = load_dataset(cfg.dataset, cfg.resolved_data_dir(), cfg.seed)
+    dataset = cfg.load_dataset()
     device = pick_device()
     train = to_tensors(dataset.split_subset("train"), device)
     test = to_tensors(dataset.split_subset("test"), device)

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from hydiscgan_fl.config import HyDiscGANConfig
-from hydiscgan_fl.data import load_dataset
 from hydiscgan_fl.metrics import summary_metrics
 from hydiscgan_fl.models import ConditionalGenerator, build_client_discriminators, build_shared_models
 from hydiscgan_fl.training.data import UtteranceTensors, pick_device, to_tensors
@@ -65,7 +64,7 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
     """Train and test one central method on cfg.dataset with seed cfg.seed."""
     if method not in CENTRAL_METHODS:
         raise ValueError(f"unknown central method {method!r}; use one of {list(CENTRAL_METHODS)}")
-    dataset = load_dataset(cfg.dataset, cfg.resolved_data_dir(), cfg.seed)
+    dataset = cfg.load_dataset()
     device = pick_device()
     train = to_tensors(dataset.split_subset("train"), device)
     test = to_tensors(dataset.split_subset("test"), device)
