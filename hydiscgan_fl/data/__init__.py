@@ -37,17 +37,16 @@ __all__ = [
     "load_server_view",
     "load_dataset",
     "DATASET_SPECS",
-    "DEFAULT_DATA_DIR",
 ]
 
 DATASET_SPECS = ("mosi-bclstm", "synthetic", "mmsa:<absolute path to .pkl>", "partitions:<absolute dir>")
-# The repository's data/ folder, used when load_dataset gets data_dir=None or "".
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(spec: str, data_dir: Path, seed: int) -> MultimodalDataset:
+def _load_cached(spec: str, data_dir: Path | None, seed: int) -> MultimodalDataset:
     if spec == "mosi-bclstm":
+        if data_dir is None:
+            raise DataError("dataset 'mosi-bclstm' needs the data directory that holds mosi-bclstm/")
         return load_mosi_bclstm(data_dir / "mosi-bclstm")
     if spec == "synthetic":
         return make_synthetic(seed=seed)
@@ -67,12 +66,12 @@ def _load_cached(spec: str, data_dir: Path, seed: int) -> MultimodalDataset:
 def load_dataset(spec: str, data_dir: Path | str | None, seed: int = 0) -> MultimodalDataset:
     """Load a dataset by spec (see the module docstring); repeated loads return the cached object.
 
-    ``data_dir`` is only used by "mosi-bclstm"; None or "" means :data:`DEFAULT_DATA_DIR`.
+    ``data_dir`` is only used (and required) by "mosi-bclstm".
     ``seed`` is only used by "synthetic". Errors (:class:`DataError`) are not cached.
     """
     if not isinstance(spec, str):
         raise DataError(f"dataset spec must be a string, got {type(spec).__name__}")
-    directory = DEFAULT_DATA_DIR if data_dir is None or str(data_dir) == "" else Path(data_dir).expanduser().resolve()
+    directory = None if data_dir is None or str(data_dir) == "" else Path(data_dir).expanduser().resolve()
     return _load_cached(spec.strip(), directory, int(seed))
 
 
