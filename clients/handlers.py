@@ -138,7 +138,8 @@ def privacy_ledger(cfg: HyDiscGANConfig, context: Context) -> PrivacyLedger | No
 def client_state_dir(cfg: HyDiscGANConfig, context: Context, name: str) -> Path:
     """This client's own folder for its saved state: node-config `state-dir` (a deployed node's disk),
     else `<output-dir>/client-state`, then the server's `client-state` name and the client's seed key."""
-    root = Path(context.node_config.get("state-dir", cfg.resolved_output_dir() / "client-state"))
+    state_dir = context.node_config.get("state-dir")
+    root = Path(state_dir) if state_dir else cfg.resolved_output_dir() / "client-state"
     return root / name / str(client_seed_key(context))
 
 

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,16 +26,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hydiscgan_fl.orchestration.flwr_runner import OFFLINE_ENV, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 NODES = ("supernode-0", "supernode-1", "supernode-2")
 CONNECTION = "hydiscgan-test"
 # The run config a researcher submits to the Compose deployment (docs/deploy.md), in container paths
 # of superexec-serverapp; the test maps them through that service's volumes like the commands.
-RUN_CONFIG = {"dataset": "partitions:/data", "data-dir": "/data", "output-dir": "/results",
+RUN_CONFIG = {"dataset": "partitions:/data", "output-dir": "/results",
               "rounds-align": 1, "rounds-msa": 1, "local-epochs": 1}
-OFFLINE_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
-               "FLWR_TELEMETRY_ENABLED": "0"}
 PROGRAMS = {"flwr/superlink": "flower-superlink", "flwr/supernode": "flower-supernode"}
 
 
@@ -115,12 +114,6 @@ def flag_values(args: list[str]) -> dict[str, str | None]:
 
 def toml_assignments(values: dict) -> str:
     return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in values.items())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_localize_maps_paths_hosts_and_ports(tmp_path: Path) -> None:
