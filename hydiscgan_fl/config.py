@@ -172,12 +172,7 @@ class HyDiscGANConfig(BaseModel):
                      if rule == LOCAL_RULE)
 
     def stage_of_round(self, server_round: int) -> str:
-        """Rounds 1..rounds-align align the modalities; the rest train the MSA model.
-
-        fedavg-multimodal trains M(t, a, v) on real audio/visual in every round (stage "multimodal")."""
-        if self.method == "fedavg-multimodal":
-            return "multimodal"
-        return "align" if server_round <= self.rounds_align else "msa"
+        return stage_of_round(server_round, self.rounds_align, self.method)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> HyDiscGANConfig:
@@ -209,6 +204,15 @@ class HyDiscGANConfig(BaseModel):
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else project_root() / "runs"
+
+
+def stage_of_round(server_round: int, rounds_align: int, method: str) -> str:
+    """Rounds 1..rounds-align align the modalities; the rest train the MSA model.
+
+    fedavg-multimodal trains M(t, a, v) on real audio/visual in every round (stage "multimodal")."""
+    if method == "fedavg-multimodal":
+        return "multimodal"
+    return "align" if server_round <= rounds_align else "msa"
 
 
 def project_root() -> Path:

@@ -32,7 +32,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from hydiscgan_fl.config import LOCAL_RULE, METHODS
+from hydiscgan_fl.config import LOCAL_RULE, METHODS, stage_of_round
 from hydiscgan_fl.privacy.ledger import PRIVACY_COLUMNS, PRIVACY_METRIC_KEYS, PrivacyLedger
 from strategies.aggregation import WEIGHT_KEY, ComponentAggregator, load_rule_state, make_rule, rule_state
 from strategies.dp import SpeakerLevelDP
@@ -172,9 +172,7 @@ class HyDiscGANStrategy(Strategy):
 
     # -- stages ---------------------------------------------------------------------------------
     def stage_of(self, server_round: int) -> str:
-        if self.method == "fedavg-multimodal":
-            return "multimodal"
-        return "align" if server_round <= self.rounds_align else "msa"
+        return stage_of_round(server_round, self.rounds_align, self.method)
 
     def sent_components(self, stage: str) -> tuple[str, ...]:
         return tuple(name for name in STAGE_COMPONENTS[stage] if name not in self.local_components)

@@ -20,9 +20,7 @@ federated run directory under DIR/runs/.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import os
 import platform
 import re
@@ -37,11 +35,12 @@ import pandas as pd
 import torch
 
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
-from hydiscgan_fl.data import DataError, load_dataset
+from hydiscgan_fl.data import DataError
 from hydiscgan_fl.models import build_shared_models
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
+from hydiscgan_fl.orchestration.result_table import append_row, read_rows
 from hydiscgan_fl.privacy.attacks import speaker_attack
-from hydiscgan_fl.training import pick_device, to_tensors
+from hydiscgan_fl.training import UtteranceTensors, pick_device, to_tensors
 from hydiscgan_fl.training.central import generated_features, real_features, run_central
 
 # Most privacy-preserving first; the federated ones are the run-config `method` of the same name.
@@ -122,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     row = central_row(method, cfg, label)
                 row.update({"dataset": base.dataset, "method": method, "seed": seed, "wall_s": time.time() - started})
-                append_row(out / "summary.csv", row)
+                append_row(out / "summary.csv", row, COLUMNS)
                 print(f"[{label}] done in {row['wall_s']:.0f} s: acc2={row['acc2']:.4f} "
                       f"speaker attack={row['speaker_attack_acc']:.3f} (chance {row['speaker_attack_chance']:.3f})",
                       flush=True)
@@ -226,15 +225,15 @@ def run_group(out: Path, method: str, seed: int) -> Path:
     return out / "runs" / f"{method}-seed{seed}"
 
 
-def _train_tensors(cfg: HyDiscGANConfig):
-    dataset = load_dataset(cfg.dataset, cfg.resolved_data_dir(), cfg.seed)
+def _train_tensors(cfg: HyDiscGANConfig) -> UtteranceTensors:
+    dataset = cfg.load_dataset()
     return to_tensors(dataset.split_subset("train"), pick_device())
 
 
 def _attack(features: np.ndarray, cfg: HyDiscGANConfig) -> dict[str, float]:
     """Speaker identification from what a method consumes at inference, on the training speakers'
     utterances (attack-trained on some of each speaker's utterances, tested on the others)."""
-    speakers = load_dataset(cfg.dataset, cfg.resolved_data_dir(), cfg.seed).split_subset("train").speakers
+    speakers = cfg.load_dataset().split_subset("train").speakers
     result = speaker_attack(features, speakers, seed=cfg.seed)
     return {key: result[key] for key in ("speaker_attack_acc", "speaker_attack_chance")}
 
@@ -242,7 +241,7 @@ def _attack(features: np.ndarray, cfg: HyDiscGANConfig) -> dict[str, float]:
 def raw_feature_attack(cfg: HyDiscGANConfig) -> dict[str, Any]:
     """The attack on raw (not standardised) audio‖visual of the training utterances, seed 0: a reference for
     how much speaker identity the clients' recordings carry before per-speaker standardisation."""
-    train = load_dataset(cfg.dataset, cfg.resolved_data_dir(), cfg.seed).split_subset("train")
+    train = cfg.load_dataset().split_subset("train")
     return speaker_attack(np.concatenate([train.audio, train.visual], axis=1), train.speakers, seed=0)
 
 
@@ -254,32 +253,6 @@ def client_cost(run_dir: Path) -> dict[str, float]:
         "client_bytes_down_per_round": float(rounds["bytes_down_per_client"].mean()),
         "client_train_s_per_round": float(rounds["client_train_s_mean"].mean()),
     }
-
-
-# -- summary.csv --------------------------------------------------------------------------------------
-def read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one row (written at once, so an interrupted benchmark keeps every finished row)."""
-    new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow({column: _cell(row.get(column)) for column in COLUMNS})
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.6g}"
-    return str(value)
 
 
 # -- summary.md and plots -----------------------------------------------------------------------------

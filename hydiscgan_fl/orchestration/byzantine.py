@@ -22,6 +22,7 @@ from typing import Any
 
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
+from hydiscgan_fl.orchestration.result_table import append_row, read_rows
 from hydiscgan_fl.run_files import load_summary
 
 RULES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"hydiscgan byzantine: error: {err}", file=sys.stderr)
         return 2
     table = out / "byzantine.csv"
-    done = {(row["rule"], row["attack"]) for row in _read(table)}
+    done = {(row["rule"], row["attack"]) for row in read_rows(table)}
     try:
         with LocalFederation() as federation:
             for rule, attack, config in runs:
@@ -99,12 +100,12 @@ def run(args: argparse.Namespace) -> int:
                     replies_ok = sum(int(row["replies_ok"]) for row in csv.DictReader(handle))
                 row = {"rule": rule, "attack": attack, "acc2": summary["acc2"], "f1": summary["f1"],
                        "replies_ok": replies_ok, "wall_s": round(time.time() - started, 1), "run_dir": outcome.run_dir}
-                _append(table, row)
+                append_row(table, row, COLUMNS)
                 print(f"[{rule} / {attack}] acc2={row['acc2']:.4f} f1={row['f1']:.4f} ({row['wall_s']:.0f} s)", flush=True)
     except FederatedRunError as err:
         print(f"hydiscgan byzantine: a run failed: {err}", file=sys.stderr)
         return 1
-    report = markdown_table(_read(table), args)
+    report = markdown_table(read_rows(table), args)
     (out / "byzantine.md").write_text(report)
     print(report)
     return 0
@@ -129,17 +130,3 @@ def markdown_table(rows: list[dict[str, str]], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _read(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _append(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)

@@ -137,7 +137,7 @@ class LocalFederation:
                 seen = len(log_text.splitlines())
             if status.startswith("finished"):
                 break
-            time.sleep(1.0)
+            time.sleep(2.0)  # each poll starts flwr CLI processes: keep them rare on small machines
         log_text = self._log(run_id)
         if status != "finished:completed":
             if not status.startswith("finished"):

@@ -21,7 +21,6 @@ DIR/privacy.png and each run directory under DIR/runs/.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -36,6 +35,7 @@ from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
 from hydiscgan_fl.models import build_shared_models
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
+from hydiscgan_fl.orchestration.result_table import append_row, read_rows
 from hydiscgan_fl.privacy.attacks import generator_membership_attack, speaker_attack
 from hydiscgan_fl.privacy.ledger import PRIVACY_COLUMNS
 from hydiscgan_fl.training import pick_device, to_tensors
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             started = time.time()
             federation = federation or LocalFederation()
             row = sweep_row(federation, cfg, args.num_clients, out / "runs")
-            append_row(out / "privacy.csv", row)
+            append_row(out / "privacy.csv", row, COLUMNS)
             print(f"[{label}] done in {time.time() - started:.0f} s: acc2={row['acc2']:.4f} "
                   f"epsilon_rdp={row['epsilon_rdp']:.3g} speaker attack={row['speaker_attack_acc']:.3f} "
                   f"mia auc={row['mia_auc']:.3f}", flush=True)
@@ -188,22 +188,6 @@ def release_attacks(generator: torch.nn.Module, cfg: HyDiscGANConfig) -> dict[st
         lambda text: generated_features(generator, torch.as_tensor(text, device=device)),
         train.text.cpu().numpy(), real_features(train), test.text.cpu().numpy(), real_features(test))
     return {"speaker_attack_acc": speaker["speaker_attack_acc"], "mia_auc": mia["mia_auc"]}
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow({column: row[column] for column in COLUMNS})
 
 
 def plot(rows: list[dict[str, str]], target: Path) -> None:
