@@ -14,16 +14,17 @@ Robustness (docs/aggregation.md): the client refuses data the server's model or 
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from clients.local_data import check_dims, check_known_ids, client_dataset, client_name, client_seed_key
+from clients.persistence import client_state_dir, restore_client_state, save_client_state
+from clients.simulated_faults import injected_fault, is_byzantine, poison
 from hydiscgan_fl.config import HyDiscGANConfig
-from hydiscgan_fl.data import DataError, MultimodalDataset, load_partition, partition_indices
+from hydiscgan_fl.data import MultimodalDataset
 from hydiscgan_fl.models import (
     SpeakerAdversary,
     build_client_discriminators,
@@ -37,80 +38,6 @@ PRIVATE_STATE_KEY = "private-models"
 ADVERSARY_STATE_KEY = "speaker-adversary"
 LEDGER_STATE_KEY = "privacy-ledger"
 PERSONAL_STATE_PREFIX = "personal-"  # + component name: a personalised component's weights
-BYZANTINE_SCALE = -10.0
-
-
-def client_dataset(cfg: HyDiscGANConfig, node_config: dict) -> MultimodalDataset:
-    """This client's private training utterances.
-
-    Deployment: node-config `data-path` names this node's partition file. Simulation: the training
-    split of `dataset` is partitioned with `partition` and this node takes `partition-id`.
-    """
-    if "data-path" in node_config:
-        dataset = load_partition(node_config["data-path"])
-    else:
-        full = cfg.load_dataset().split_subset("train")
-        pid, parts = int(node_config["partition-id"]), int(node_config["num-partitions"])
-        dataset = full.subset(partition_indices(full.labels, full.speakers, parts, cfg.partition, cfg.seed)[pid])
-    if len(dataset) < 2:
-        raise DataError(f"client {node_config} holds {len(dataset)} utterance(s); it needs at least 2 to train")
-    return dataset
-
-
-def client_seed_key(context: Context) -> int:
-    """A per-client number for seeding that is stable across runs (node ids are not, in simulation)."""
-    if "partition-id" in context.node_config:
-        return int(context.node_config["partition-id"])
-    return context.node_id % 7919
-
-
-def client_name(context: Context) -> str:
-    """How errors name this client."""
-    for key in ("partition-id", "data-path"):
-        if key in context.node_config:
-            return f"client {key}={context.node_config[key]}"
-    return f"client node-id={context.node_id}"
-
-
-def check_known_ids(dataset: MultimodalDataset, known_ids: list[str], who: str) -> None:
-    """Every utterance of this client must be one whose text the server holds."""
-    unknown = sorted(set(dataset.ids.tolist()) - set(known_ids))
-    if unknown:
-        raise DataError(f"{who}: {len(unknown)} of its {len(dataset)} utterance ids are unknown to the server's "
-                        f"text (first: {unknown[:5]}); its data is not from the server's dataset or split")
-
-
-def check_dims(model: dict[str, torch.Tensor], received: dict[str, torch.Tensor], dims: dict[str, int],
-               who: str) -> None:
-    """The server's arrays must fit a model built for this client's feature dims."""
-    for key, value in received.items():
-        if key not in model:
-            raise DataError(f"{who}: the server sent array {key!r}, which this client's model does not have")
-        if tuple(value.shape) != tuple(model[key].shape):
-            raise DataError(f"{who}: its data has feature dims {dims}, which do not fit the server's model: "
-                            f"{key} has shape {tuple(value.shape)} on the server, {tuple(model[key].shape)} here")
-
-
-def injected_fault(cfg: HyDiscGANConfig, server_round: int, client_key: int) -> str:
-    """'crash', 'timeout' or '' for this client in this round, seeded so that every run injects the same."""
-    rng = np.random.default_rng([cfg.seed, server_round, client_key])
-    if rng.random() >= cfg.fault_rate:
-        return ""
-    return "crash" if rng.random() < 0.5 else "timeout"
-
-
-def is_byzantine(cfg: HyDiscGANConfig, context: Context) -> bool:
-    """The first `byzantine-clients` partitions attack (deterministic; nodes without partition-id never do)."""
-    return int(context.node_config.get("partition-id", cfg.byzantine_clients)) < cfg.byzantine_clients
-
-
-def poison(trained: dict[str, torch.Tensor], received: dict[str, torch.Tensor], mode: str,
-           seed: int) -> dict[str, torch.Tensor]:
-    """"scale": the update times BYZANTINE_SCALE; "random": standard-normal weights of the same shapes."""
-    if mode == "scale":
-        return {key: received[key] + BYZANTINE_SCALE * (trained[key] - received[key]) for key in received}
-    generator = torch.Generator().manual_seed(seed)
-    return {key: torch.randn(received[key].shape, generator=generator) for key in received}
 
 
 def speaker_adversary(cfg: HyDiscGANConfig, dataset: MultimodalDataset, context: Context, seed: int,
@@ -133,45 +60,6 @@ def privacy_ledger(cfg: HyDiscGANConfig, context: Context) -> PrivacyLedger | No
     if LEDGER_STATE_KEY in context.state:
         return PrivacyLedger.from_json(str(context.state[LEDGER_STATE_KEY]["json"]))
     return PrivacyLedger(cfg.dp_delta)
-
-
-def client_state_dir(cfg: HyDiscGANConfig, context: Context, name: str) -> Path:
-    """This client's own folder for its saved state: node-config `state-dir` (a deployed node's disk),
-    else `<output-dir>/client-state`, then the server's `client-state` name and the client's seed key."""
-    state_dir = context.node_config.get("state-dir")
-    root = Path(state_dir) if state_dir else cfg.resolved_output_dir() / "client-state"
-    return root / name / str(client_seed_key(context))
-
-
-def save_client_state(state: RecordDict, folder: Path, server_round: int) -> None:
-    """Write `context.state` as round-<r>.pt (tensors and plain values); keep the two newest files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    payload = {"arrays": {key: record.to_torch_state_dict() for key, record in state.array_records.items()},
-               "metrics": {key: dict(record) for key, record in state.metric_records.items()},
-               "configs": {key: dict(record) for key, record in state.config_records.items()}}
-    tmp = folder / f".round-{server_round}.pt.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, folder / f"round-{server_round}.pt")
-    for old in sorted(folder.glob("round-*.pt"), key=_round_of)[:-2]:
-        old.unlink()
-
-
-def restore_client_state(context: Context, folder: Path, server_round: int) -> None:
-    """A resumed run starts with an empty `context.state`: read what this client saved last before this round."""
-    saved = [path for path in folder.glob("round-*.pt") if _round_of(path) < server_round]
-    if context.state or not saved:
-        return
-    payload = torch.load(max(saved, key=_round_of), weights_only=True)
-    for key, arrays in payload["arrays"].items():
-        context.state[key] = ArrayRecord(arrays)
-    for key, values in payload["metrics"].items():
-        context.state[key] = MetricRecord(values)
-    for key, values in payload["configs"].items():
-        context.state[key] = ConfigRecord(values)
-
-
-def _round_of(path: Path) -> int:
-    return int(path.stem.removeprefix("round-"))
 
 
 def train(msg: Message, context: Context) -> Message:

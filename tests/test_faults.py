@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from clients.handlers import injected_fault
+from clients.simulated_faults import injected_fault
 from examples.in_process import run_in_process
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.orchestration.flwr_runner import LocalFederation

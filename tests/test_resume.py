@@ -8,9 +8,17 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 
-from clients.handlers import restore_client_state, save_client_state
+from clients.persistence import restore_client_state, save_client_state
 from examples.in_process import run_in_process
 from hydiscgan_fl.config import ConfigError
 from hydiscgan_fl.orchestration.flwr_runner import LocalFederation

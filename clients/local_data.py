@@ -1,0 +1,60 @@
+"""A client's private data, and the checks that it fits the server's model and text."""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import Context
+
+from hydiscgan_fl.config import HyDiscGANConfig
+from hydiscgan_fl.data import DataError, MultimodalDataset, load_partition, partition_indices
+
+
+def client_dataset(cfg: HyDiscGANConfig, node_config: dict) -> MultimodalDataset:
+    """This client's private training utterances.
+
+    Deployment: node-config `data-path` names this node's partition file. Simulation: the training
+    split of `dataset` is partitioned with `partition` and this node takes `partition-id`.
+    """
+    if "data-path" in node_config:
+        dataset = load_partition(node_config["data-path"])
+    else:
+        full = cfg.load_dataset().split_subset("train")
+        pid, parts = int(node_config["partition-id"]), int(node_config["num-partitions"])
+        dataset = full.subset(partition_indices(full.labels, full.speakers, parts, cfg.partition, cfg.seed)[pid])
+    if len(dataset) < 2:
+        raise DataError(f"client {node_config} holds {len(dataset)} utterance(s); it needs at least 2 to train")
+    return dataset
+
+
+def client_seed_key(context: Context) -> int:
+    """A per-client number for seeding that is stable across runs (node ids are not, in simulation)."""
+    if "partition-id" in context.node_config:
+        return int(context.node_config["partition-id"])
+    return context.node_id % 7919
+
+
+def client_name(context: Context) -> str:
+    """How errors name this client."""
+    for key in ("partition-id", "data-path"):
+        if key in context.node_config:
+            return f"client {key}={context.node_config[key]}"
+    return f"client node-id={context.node_id}"
+
+
+def check_known_ids(dataset: MultimodalDataset, known_ids: list[str], who: str) -> None:
+    """Every utterance of this client must be one whose text the server holds."""
+    unknown = sorted(set(dataset.ids.tolist()) - set(known_ids))
+    if unknown:
+        raise DataError(f"{who}: {len(unknown)} of its {len(dataset)} utterance ids are unknown to the server's "
+                        f"text (first: {unknown[:5]}); its data is not from the server's dataset or split")
+
+
+def check_dims(model: dict[str, torch.Tensor], received: dict[str, torch.Tensor], dims: dict[str, int],
+               who: str) -> None:
+    """The server's arrays must fit a model built for this client's feature dims."""
+    for key, value in received.items():
+        if key not in model:
+            raise DataError(f"{who}: the server sent array {key!r}, which this client's model does not have")
+        if tuple(value.shape) != tuple(model[key].shape):
+            raise DataError(f"{who}: its data has feature dims {dims}, which do not fit the server's model: "
+                            f"{key} has shape {tuple(value.shape)} on the server, {tuple(model[key].shape)} here")

@@ -1,0 +1,34 @@
+"""Faults and attacks a client injects on purpose, for robustness experiments (`fault-rate`,
+`byzantine-clients`, `byzantine-mode`); all seeded, so every run injects the same."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import Context
+
+from hydiscgan_fl.config import HyDiscGANConfig
+
+BYZANTINE_SCALE = -10.0
+
+
+def injected_fault(cfg: HyDiscGANConfig, server_round: int, client_key: int) -> str:
+    """'crash', 'timeout' or '' for this client in this round, seeded so that every run injects the same."""
+    rng = np.random.default_rng([cfg.seed, server_round, client_key])
+    if rng.random() >= cfg.fault_rate:
+        return ""
+    return "crash" if rng.random() < 0.5 else "timeout"
+
+
+def is_byzantine(cfg: HyDiscGANConfig, context: Context) -> bool:
+    """The first `byzantine-clients` partitions attack (deterministic; nodes without partition-id never do)."""
+    return int(context.node_config.get("partition-id", cfg.byzantine_clients)) < cfg.byzantine_clients
+
+
+def poison(trained: dict[str, torch.Tensor], received: dict[str, torch.Tensor], mode: str,
+           seed: int) -> dict[str, torch.Tensor]:
+    """"scale": the update times BYZANTINE_SCALE; "random": standard-normal weights of the same shapes."""
+    if mode == "scale":
+        return {key: received[key] + BYZANTINE_SCALE * (trained[key] - received[key]) for key in received}
+    generator = torch.Generator().manual_seed(seed)
+    return {key: torch.randn(received[key].shape, generator=generator) for key in received}
