@@ -142,9 +142,8 @@ def local_msa(
             for index in minibatches(len(data), cfg.batch_size, rng):
                 batch = data.rows(index.to(data.text.device))
                 noise = shared.generator.sample_noise(len(index), rng).to(data.text.device)
-                step = msa_step(shared, private, batch, optimizer, cfg, noise, label_kind, anchors, proximal_mu)
-                for key, value in step.items():
-                    history[key].append(value)
+                _record(history, msa_step(shared, private, batch, optimizer, cfg, noise, label_kind, anchors,
+                                          proximal_mu))
     finally:
         if private is not None:
             private.requires_grad_(True)
