@@ -39,6 +39,7 @@ from hydiscgan_fl.data import DataError
 from hydiscgan_fl.models import build_shared_models
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
+from hydiscgan_fl.orchestration.schedule import SCHEDULE_KEYS, add_schedule_arguments, schedule_overrides
 from hydiscgan_fl.privacy.attacks import speaker_attack
 from hydiscgan_fl.training import UtteranceTensors, pick_device, to_tensors
 from hydiscgan_fl.training.central import generated_features, real_features, run_central
@@ -50,7 +51,6 @@ METRIC_COLUMNS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7"
 COST_COLUMNS = ("client_bytes_up_per_round", "client_bytes_down_per_round", "client_train_s_per_round")
 COLUMNS = ("dataset", "method", "seed", *METRIC_COLUMNS, "speaker_attack_acc", "speaker_attack_chance",
            *COST_COLUMNS, "wall_s")
-SCHEDULE_KEYS = ("rounds-align", "rounds-msa", "local-epochs")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -70,10 +70,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder (default: %(default)s)")
     parser.add_argument("--num-clients", type=int, default=8,
                         help="simulated SuperNodes of the federated methods (default: %(default)s)")
-    defaults = HyDiscGANConfig().to_run_config()
-    for key in SCHEDULE_KEYS:
-        parser.add_argument(f"--{key}", type=int, default=None,
-                            help=f"override the run config's {key} (default: {defaults[key]})")
+    add_schedule_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -149,9 +146,7 @@ def _base_config(args: argparse.Namespace) -> HyDiscGANConfig:
     if dataset.startswith("mmsa:"):
         dataset = "mmsa:" + str(Path(dataset[5:]).expanduser().resolve())
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else ""
-    schedule = {key: getattr(args, key.replace("-", "_")) for key in SCHEDULE_KEYS}
-    return HyDiscGANConfig.from_run_config(
-        {"dataset": dataset, "data-dir": data_dir, **{k: v for k, v in schedule.items() if v is not None}})
+    return HyDiscGANConfig.from_run_config({"dataset": dataset, "data-dir": data_dir, **schedule_overrides(args)})
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:

@@ -23,11 +23,11 @@ from typing import Any
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
+from hydiscgan_fl.orchestration.schedule import add_schedule_arguments, schedule_overrides
 from hydiscgan_fl.run_files import load_summary
 
 RULES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
 MODES = ("scale", "random")
-SCHEDULE_KEYS = ("rounds-align", "rounds-msa", "local-epochs")
 COLUMNS = ("rule", "attack", "acc2", "f1", "replies_ok", "wall_s", "run_dir")
 
 
@@ -43,9 +43,7 @@ def register(subparsers) -> None:
                         help=f"comma-separated attack modes (default: {','.join(MODES)})")
     parser.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/byzantine"), help="output folder (default: %(default)s)")
-    defaults = HyDiscGANConfig().to_run_config()
-    for key in SCHEDULE_KEYS:
-        parser.add_argument(f"--{key}", type=int, default=None, help=f"override {key} (default: {defaults[key]})")
+    add_schedule_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -63,8 +61,7 @@ def run_configs(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]
     """(rule, attack, run config) of every run, validated before any run starts."""
     if not 0 < args.byzantine < args.num_clients / 2:
         raise ConfigError(f"--byzantine must be between 1 and fewer than half of --num-clients, got {args.byzantine}")
-    base = {"dataset": args.dataset, "seed": args.seed,
-            **{key: value for key in SCHEDULE_KEYS if (value := getattr(args, key.replace("-", "_"))) is not None}}
+    base = {"dataset": args.dataset, "seed": args.seed, **schedule_overrides(args)}
     robust = {"fedtrimmedavg": {"trimmed-beta": args.byzantine / args.num_clients},
               "krum": {"krum-malicious": args.byzantine}}
     runs = []

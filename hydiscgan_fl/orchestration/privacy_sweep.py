@@ -36,6 +36,7 @@ from hydiscgan_fl.data import DataError
 from hydiscgan_fl.models import build_shared_models
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
+from hydiscgan_fl.orchestration.schedule import SCHEDULE_KEYS, add_schedule_arguments, schedule_overrides
 from hydiscgan_fl.privacy.attacks import generator_membership_attack, speaker_attack
 from hydiscgan_fl.privacy.ledger import PRIVACY_COLUMNS
 from hydiscgan_fl.training import pick_device, to_tensors
@@ -44,7 +45,6 @@ from hydiscgan_fl.training.central import generated_features, real_features
 COLUMNS = ("dp_unit", "noise_multiplier", "adv_lambda", *PRIVACY_COLUMNS, "acc2", "f1", "speaker_attack_acc",
            "mia_auc")
 UNITS = ("none", "speaker", "utterance")
-SCHEDULE_KEYS = ("rounds-align", "rounds-msa", "local-epochs")
 DEFAULT_NOISE_MULTIPLIERS = (0.5, 2.0)
 DEFAULT_ADV_LAMBDAS = (0.0, 1.0)
 
@@ -70,10 +70,7 @@ def register(subparsers) -> None:
     parser.add_argument("--delta", type=float, default=None, help="dp-delta (default: the run config's)")
     parser.add_argument("--num-clients", type=int, default=8, help="simulated SuperNodes (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
-    defaults = HyDiscGANConfig().to_run_config()
-    for key in SCHEDULE_KEYS:
-        parser.add_argument(f"--{key}", type=int, default=None,
-                            help=f"override the run config's {key} (default: {defaults[key]})")
+    add_schedule_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -111,10 +108,8 @@ def point_config(base: HyDiscGANConfig, unit: str, noise: float, adv: float) -> 
 def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     try:
-        overrides = {key: getattr(args, key.replace("-", "_")) for key in SCHEDULE_KEYS}
         base = HyDiscGANConfig.from_run_config({
-            "dataset": args.dataset, "data-dir": args.data_dir, "seed": args.seed,
-            **{key: value for key, value in overrides.items() if value is not None},
+            "dataset": args.dataset, "data-dir": args.data_dir, "seed": args.seed, **schedule_overrides(args),
             **({"dp-clip-norm": args.clip_norm} if args.clip_norm is not None else {}),
             **({"dp-delta": args.delta} if args.delta is not None else {}),
         })
