@@ -165,6 +165,15 @@ def _cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def _signal_alive(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -214,23 +223,13 @@ class Processes:
         self.remember_descendants()
         pids = [proc.pid for proc in self.started.values()] + sorted(self.seen)
         pids += [pid for pid in _processes_of(self.tmp, addresses) if pid not in pids]
-        for pid in pids:
-            if _alive(pid):
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        _signal_alive(pids, signal.SIGTERM)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
             for proc in self.started.values():
                 proc.poll()  # reap our direct children
             time.sleep(0.1)
-        for pid in pids:
-            if _alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        _signal_alive(pids, signal.SIGKILL)
         for proc in self.started.values():
             try:
                 proc.wait(timeout=5)
