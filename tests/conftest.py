@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def task_identity():
-    """Flower builds instruction Messages only inside a runtime that set a task identity (flwr 1.41).
+    """Flower builds instruction Messages only inside a runtime that set a task identity (since flwr 1.41).
 
     Outside one (a plain unit test) set it, and put back what was there, since Flower's own
     simulation sets the same process-wide value.

@@ -1,4 +1,5 @@
-"""docker-compose.yml and deploy/ without a Docker engine: images pinned to the installed flwr, every
+"""docker-compose.yml and deploy/ without a Docker engine: images pinned to the installed flwr (through
+FLWR_VERSION in .env, written by .ci/lock from requirements.lock), every
 command accepted by the installed flwr's own argument parsers, TLS and SuperNode authentication on,
 and each data file mounted into exactly one container. tests/test_deployment.py runs the same
 SuperLink/SuperNode commands as real processes.
@@ -33,15 +34,26 @@ FLWR_VERSION = metadata.version("flwr")
 NUM_PARTITIONS = 3
 NODES = [f"supernode-{i}" for i in range(NUM_PARTITIONS)]
 EXECUTORS = [f"superexec-clientapp-{i}" for i in range(NUM_PARTITIONS)]
-# Flags that 1.41 rejects, ignores or deprecates (docs/flower.md V.8), and --insecure (TLS must be on).
+# Flags that 1.41 and 1.42 reject, ignores or deprecates (docs/flower.md V.8), and --insecure (TLS must be on).
 OUTDATED = {"--insecure", "--fleet-api-type", "--fleet-api-address", "--control-api-address",
             "--serverappio-api-address", "--clientappio-api-address", "--appio-api-address", "--plugin-type",
             "--auth-list-public-keys", "--auth-supernode-public-key", "--allow-runtime-dependency-installation"}
 
 
+def dotenv() -> dict[str, str]:
+    """The variables of .env, which Compose reads from the project folder (the repository root)."""
+    lines = (ROOT / ".env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def interpolate(text: str, variables: dict[str, str]) -> str:
+    """Compose's ${NAME} and ${NAME:?message} substitution (the forms docker-compose.yml uses)."""
+    return re.sub(r"\$\{(\w+)(?::\?[^}]*)?\}", lambda match: variables[match.group(1)], text)
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
+    return yaml.safe_load(interpolate(COMPOSE.read_text(), dotenv()))
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +85,21 @@ def flag_args(command: list[str]) -> list[str]:
 
 
 def test_topology_and_pinned_images(services: dict) -> None:
+    """The images run the installed Flower: .env's FLWR_VERSION (all tags and the Dockerfile's base) must
+    equal the flwr this environment has (installed from requirements.lock)."""
+    assert dotenv()["FLWR_VERSION"] == FLWR_VERSION
     assert sorted(services) == sorted(["superlink", "superexec-serverapp", *NODES, *EXECUTORS])
     assert services["superlink"]["image"] == f"flwr/superlink:{FLWR_VERSION}"
     for node in NODES:
         assert services[node]["image"] == f"flwr/supernode:{FLWR_VERSION}"
     for name in ["superexec-serverapp", *EXECUTORS]:
         service = services[name]
-        assert service["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}, name
+        assert service["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile",
+                                    "args": {"FLWR_VERSION": FLWR_VERSION}}, name
         assert service["image"].endswith(f":{FLWR_VERSION}"), name
-    assert re.search(rf"^FROM flwr/superexec:{re.escape(FLWR_VERSION)}$", DOCKERFILE.read_text(), re.M)
-    assert re.search(r'^ENTRYPOINT \["flower-superexec"\]$', DOCKERFILE.read_text(), re.M)
+    dockerfile = DOCKERFILE.read_text()
+    assert re.search(r"^ARG FLWR_VERSION\nFROM flwr/superexec:\$\{FLWR_VERSION\}$", dockerfile, re.M)
+    assert re.search(r'^ENTRYPOINT \["flower-superexec"\]$', dockerfile, re.M)
 
 
 def test_commands_are_accepted_by_the_installed_flwr(services: dict) -> None:
@@ -226,6 +243,7 @@ def test_dockerfile_installs_the_projects_dependencies() -> None:
     assert printed == lines
     text = DOCKERFILE.read_text()
     assert "download.pytorch.org/whl/cpu" in text and "requirements.py" in text
+    assert "-c /tmp/hydiscgan/requirements.lock" in text  # the image installs the locked versions
     # The build context is the repository root; the Dockerfile-specific ignore file lets in what COPY needs.
     ignore = (ROOT / "deploy" / "Dockerfile.dockerignore").read_text().split()
     copied = re.search(r"^COPY (?:--\S+ )*(.+) (\S+)$", text, re.M).group(1).split()
