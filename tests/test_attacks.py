@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 
 from hydiscgan_fl.privacy.attacks import (  # noqa: E402
@@ -138,7 +139,6 @@ def _memorising_updates(num_clients=4, per_client=60, text_dim=512, out_dim=6, s
     """A linear generator G on nearly orthogonal texts (random directions in 512 dimensions), and each
     client's G_k fine-tuned from G on its own (text, features) pairs with features no text predicts
     (noise): G_k demonstrably memorises its own utterances and hardly moves on the others'."""
-    torch = pytest.importorskip("torch")
     gen = torch.Generator().manual_seed(0)
     n = num_clients * per_client
     text = torch.nn.functional.normalize(torch.randn(n, text_dim, generator=gen), dim=1)
@@ -229,3 +229,52 @@ def test_update_attacks_reject_bad_input():
         update_reconstruction_gain(out, out, np.full((4, 2), np.nan), mask)
     with pytest.raises(ValueError, match="shape"):
         update_reconstruction_gain(out, out, np.zeros((4, 3)), mask)
+
+
+def test_update_attacks_on_a_replayed_round_of_a_federated_run(tmp_path):
+    """The replay asks every client of a finished run for one more alignment round through the real
+    ClientApp, from the state the client saved, and writes nothing (its saved state stays as it was)."""
+    pytest.importorskip("flwr")
+    from examples.in_process import run_in_process
+    from hydiscgan_fl.orchestration.update_replay import (
+        UPDATE_ATTACK_COLUMNS,
+        replay_alignment_round,
+        update_attack_row,
+    )
+
+    run = run_in_process({"dataset": "synthetic", "rounds-align": 1, "rounds-msa": 1, "local-epochs": 1,
+                          "output-dir": str(tmp_path)}, num_nodes=3)
+    saved = sorted((path, path.stat().st_mtime_ns) for path in (tmp_path / "client-state").rglob("*") if path.is_file())
+    replayed = replay_alignment_round(run.run_dir, num_clients=3)
+    assert sorted(replayed.replies) == [0, 1, 2]
+    generator_keys = {key for key in replayed.sent if key.startswith("generator.")}
+    assert generator_keys and set(replayed.sent) == generator_keys  # an alignment round sends G only
+    for reply in replayed.replies.values():
+        assert set(reply) == generator_keys
+        assert not torch.equal(reply["generator.audio_head.weight"], replayed.sent["generator.audio_head.weight"])
+    row = update_attack_row(run.run_dir, num_clients=3)
+    assert set(row) == set(UPDATE_ATTACK_COLUMNS)
+    assert 0.0 <= row["update_membership_auc_mean"] <= row["update_membership_auc_max"] <= 1.0
+    assert np.isfinite(row["update_reconstruction_gain"])
+    assert sorted((path, path.stat().st_mtime_ns) for path in (tmp_path / "client-state").rglob("*")
+                  if path.is_file()) == saved
+
+    for path, _ in saved:  # without the clients' saved state the replay would not be their round: refused
+        path.unlink()
+    with pytest.raises(FileNotFoundError, match="partition-id=0"):
+        replay_alignment_round(run.run_dir, num_clients=3)
+
+
+@pytest.mark.parametrize("setting, why", [({"method": "fedavg-multimodal"}, "no generator"),
+                                          ({"aggregation-generator": "local"}, "never receives an update of G")])
+def test_replay_refuses_runs_whose_server_sees_no_update_of_g(tmp_path, setting, why):
+    pytest.importorskip("flwr")
+    from hydiscgan_fl.config import HyDiscGANConfig
+    from hydiscgan_fl.orchestration.update_replay import replay_alignment_round
+    from hydiscgan_fl.run_files import RunDirectory
+
+    run_dir = RunDirectory(tmp_path, "run")
+    config = HyDiscGANConfig.from_run_config({"dataset": "synthetic", **setting}).to_run_config()
+    run_dir.save_state({"round": 1, "stage": "align", "lineage": "run", "config": config, "arrays": {}, "strategy": {}})
+    with pytest.raises(ValueError, match=why):
+        replay_alignment_round(run_dir.path, num_clients=2)

@@ -105,6 +105,9 @@ def replay_alignment_round(run_dir: Path, num_clients: int) -> ReplayedRound:
     cfg = HyDiscGANConfig.from_run_config(state["config"])
     if cfg.method != "hydiscgan":
         raise ValueError(f"run {run_dir} trains method {cfg.method!r}, which has no generator to attack")
+    if "generator" in cfg.local_components:
+        raise ValueError(f"run {run_dir} keeps G on the clients (aggregation-generator=\"local\"): the server "
+                         "never receives an update of G to attack")
     replay = int(state["round"]) + 1
     strategy = HyDiscGANStrategy(rounds_align=replay, train_config={"local-epochs": cfg.local_epochs},
                                  aggregation=component_rules(cfg), node_settle_s=0.0)
