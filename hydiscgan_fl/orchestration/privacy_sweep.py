@@ -10,7 +10,12 @@ schedule unless overridden); the released model is then attacked:
 - speaker_attack_acc: speaker identification from G(t, 0) of the training speakers' utterances
   (attack-trained on some utterances of each speaker, tested on the others; as in `hydiscgan bench`);
 - mia_auc: membership inference on the released G, training utterances as members and the held-out
-  (test-speaker) utterances as non-members, the attacker holding their real features (0.5 = chance).
+  (test-speaker) utterances as non-members, the attacker holding their real features (0.5 = chance);
+- update_membership_auc_mean / _max, update_reconstruction_gain: a curious server's attacks on the
+  individual updates of G that it receives (one more alignment round of every client, replayed through
+  the real ClientApp after the run: hydiscgan_fl.orchestration.update_replay): AUC of finding a client's
+  utterances among all training texts (0.5 = chance), mean and max over clients, and how much closer the
+  update brings G to the client's own real audio/visual than to everyone else's (0 = nothing).
 
 epsilon_rdp / epsilon_prv are (epsilon, dp-delta)-DP guarantees at the end of the run (inf: no DP);
 wdp_loss is the Wasserstein accountant's EMPIRICAL figure, not a guarantee (it grows with the noise).
@@ -37,13 +42,14 @@ from hydiscgan_fl.models import build_shared_models
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
 from hydiscgan_fl.orchestration.schedule import SCHEDULE_KEYS, add_schedule_arguments, schedule_overrides
+from hydiscgan_fl.orchestration.update_replay import UPDATE_ATTACK_COLUMNS, update_attack_row
 from hydiscgan_fl.privacy.attacks import generator_membership_attack, speaker_attack
 from hydiscgan_fl.privacy.ledger import PRIVACY_COLUMNS
 from hydiscgan_fl.training import pick_device, to_tensors
 from hydiscgan_fl.training.central import generated_features, real_features
 
 COLUMNS = ("dp_unit", "noise_multiplier", "adv_lambda", *PRIVACY_COLUMNS, "acc2", "f1", "speaker_attack_acc",
-           "mia_auc")
+           "mia_auc", *UPDATE_ATTACK_COLUMNS)
 UNITS = ("none", "speaker", "utterance")
 DEFAULT_NOISE_MULTIPLIERS = (0.5, 2.0)
 DEFAULT_ADV_LAMBDAS = (0.0, 1.0)
@@ -135,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
             append_row(out / "privacy.csv", row, COLUMNS)
             print(f"[{label}] done in {time.time() - started:.0f} s: acc2={row['acc2']:.4f} "
                   f"epsilon_rdp={row['epsilon_rdp']:.3g} speaker attack={row['speaker_attack_acc']:.3f} "
-                  f"mia auc={row['mia_auc']:.3f}", flush=True)
+                  f"mia auc={row['mia_auc']:.3f} update membership auc={row['update_membership_auc_mean']:.3f}",
+                  flush=True)
     except FederatedRunError as err:
         print(f"hydiscgan privacy: a federated run failed: {err}", file=sys.stderr)
         return 1
@@ -153,7 +160,7 @@ def _key(row: dict[str, Any]) -> tuple[str, float, float]:
 
 
 def sweep_row(federation: LocalFederation, cfg: HyDiscGANConfig, num_clients: int, runs: Path) -> dict[str, Any]:
-    """Run one point federated, then attack what it released."""
+    """Run one point federated, then attack what it released and what its clients send the server."""
     run_config = {key: value for key, value in cfg.to_run_config().items()
                   if key in ("dataset", "data-dir", "seed", "dp-unit", "dp-clip-norm", "dp-noise-multiplier",
                              "dp-delta", "adv-lambda", *SCHEDULE_KEYS)}
@@ -167,7 +174,7 @@ def sweep_row(federation: LocalFederation, cfg: HyDiscGANConfig, num_clients: in
                for column in PRIVACY_COLUMNS}
     return {"dp_unit": cfg.dp_unit, "noise_multiplier": cfg.dp_noise_multiplier if cfg.dp_unit != "none" else 0.0,
             "adv_lambda": cfg.adv_lambda, **privacy, "acc2": summary["acc2"], "f1": summary["f1"],
-            **release_attacks(generator, cfg)}
+            **release_attacks(generator, cfg), **update_attack_row(outcome.run_dir, num_clients)}
 
 
 def release_attacks(generator: torch.nn.Module, cfg: HyDiscGANConfig) -> dict[str, float]:

@@ -16,6 +16,14 @@ Two questions the project must answer with numbers rather than arguments:
    well? The AUC of "member" vs "non-member" scores is 0.5 at chance and 1.0
    for a perfectly separating attacker.
 
+3. **Attacks on one client's update** by a curious server
+   (:func:`update_membership_aucs`, :func:`update_reconstruction_gain`,
+   :func:`update_attacks`): the server sees each client's individual reply
+   (its updated G) and knows every training text. Does the update reveal
+   which texts the client holds (its speakers), and does it carry the
+   client's private audio/visual features? See :func:`update_attacks` for the
+   threat model and docs/privacy.md for how to read the figures.
+
 Nothing here imports flwr.
 """
 
@@ -33,6 +41,10 @@ __all__ = [
     "membership_inference_auc",
     "generator_membership_scores",
     "generator_membership_attack",
+    "update_membership_scores",
+    "update_membership_aucs",
+    "update_reconstruction_gain",
+    "update_attacks",
 ]
 
 
@@ -256,3 +268,113 @@ def generator_membership_attack(
         "num_members": int(members.shape[0]),
         "num_nonmembers": int(nonmembers.shape[0]),
     }
+
+
+def _outputs(name: str, value: Any, rows: int | None = None) -> np.ndarray:
+    """A finite (N, d) float64 array of per-utterance model outputs (rows flattened)."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim < 2 or array.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty (N, d) array, got shape {array.shape}")
+    if rows is not None and array.shape[0] != rows:
+        raise ValueError(f"{name} has {array.shape[0]} rows, expected {rows} (one per training utterance)")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return array.reshape(array.shape[0], -1)
+
+
+def _member_mask(name: str, value: Any, rows: int) -> np.ndarray:
+    mask = np.asarray(value)
+    if mask.dtype != bool or mask.shape != (rows,):
+        raise ValueError(f"{name} must be a boolean array of shape ({rows},), got {mask.dtype} {mask.shape}")
+    if mask.all() or not mask.any():
+        raise ValueError(f"{name} must mark some but not all utterances as the client's")
+    return mask
+
+
+def update_membership_scores(global_out: np.ndarray, client_outs: list[np.ndarray]) -> list[np.ndarray]:
+    """Per-utterance membership scores of each client's update, calibrated across clients.
+
+    ``global_out`` is ``G(t_i, 0)`` of the model the server sent, ``client_outs[k]`` is
+    ``G_k(t_i, 0)`` of client k's reply, on the same N training texts (rows). The change of client k
+    on utterance i is ``c_ki = ||G_k(t_i, 0) - G(t_i, 0)||_2``; its score is
+
+        s_ki = c_ki / mean_j c_ji        (mean over all K clients of the round; 0 when that mean is 0)
+
+    i.e. how much more client k's update moves the output on t_i than an update of the same round
+    does on average. The calibration removes what every update does to a text (some texts sit where
+    G is steep and move under any update) and leaves what is specific to client k, which trained on
+    its own utterances (the difficulty calibration of Watson et al., ICLR 2022, with the other
+    clients' updates as reference models: a server has them for free). With a single client the
+    score is 1 everywhere (no reference: nothing to learn, AUC 0.5).
+    """
+    base = _outputs("global_out", global_out)
+    if not client_outs:
+        raise ValueError("client_outs is empty: no update to attack")
+    changes = np.stack([np.linalg.norm(_outputs(f"client_outs[{k}]", out, base.shape[0]) - base, axis=1)
+                        for k, out in enumerate(client_outs)])
+    reference = changes.mean(axis=0)
+    safe = np.where(reference > 0, reference, 1.0)
+    return list(np.where(reference > 0, changes / safe, 0.0))
+
+
+def update_membership_aucs(global_out: np.ndarray, client_outs: list[np.ndarray],
+                           member_masks: list[np.ndarray]) -> np.ndarray:
+    """AUC, for each client k, of finding its own utterances among ALL training utterances by the scores
+    of :func:`update_membership_scores` (``member_masks[k][i]``: utterance i is client k's; ground truth
+    for the evaluation only, the attacker does not use it). 0.5 = the update reveals nothing by this test,
+    1.0 = every own utterance scores above every other one."""
+    scores = update_membership_scores(global_out, client_outs)
+    if len(member_masks) != len(scores):
+        raise ValueError(f"{len(member_masks)} member masks for {len(scores)} client updates")
+    aucs = []
+    for k, (score, mask) in enumerate(zip(scores, member_masks)):
+        mask = _member_mask(f"member_masks[{k}]", mask, score.shape[0])
+        aucs.append(membership_inference_auc(score[mask], score[~mask]))
+    return np.asarray(aucs)
+
+
+def update_reconstruction_gain(global_out: np.ndarray, client_out: np.ndarray, real: np.ndarray,
+                               member_mask: np.ndarray) -> float:
+    """How much closer client k's update brings G's output to the client's own real features than to
+    everyone else's.
+
+    With ``e_i = mean_j (G(t_i, 0)_j - x_ij)^2`` and ``e^k_i`` the same for ``G_k`` (x_i: the real
+    audio‖visual of utterance i, standardised per speaker, so an error of 1.0 is the variance of a
+    feature around its speaker's mean), the improvement on utterance i is ``d_i = e_i - e^k_i`` and
+
+        gain_k = mean_{i own} d_i - mean_{i not own} d_i.
+
+    0 when ``G_k == G`` or when the update improves every speaker alike (it learnt the task, not the
+    client); > 0 when it moved G toward this client's own recordings: what a server that holds G_k can
+    then synthesise for the client's texts is closer to their voices and faces than before.
+    """
+    base = _outputs("global_out", global_out)
+    own = _outputs("client_out", client_out, base.shape[0])
+    target = _outputs("real", real, base.shape[0])
+    if target.shape != base.shape or own.shape != base.shape:
+        raise ValueError(f"outputs {base.shape}, {own.shape} and real features {target.shape} differ in shape")
+    mask = _member_mask("member_mask", member_mask, base.shape[0])
+    improvement = np.mean((base - target) ** 2, axis=1) - np.mean((own - target) ** 2, axis=1)
+    return float(improvement[mask].mean() - improvement[~mask].mean())
+
+
+def update_attacks(global_out: np.ndarray, client_outs: list[np.ndarray], real: np.ndarray,
+                   member_masks: list[np.ndarray]) -> dict[str, float]:
+    """Both attacks of a curious server on one round's individual updates of G.
+
+    Threat model: the server sees every client's individual reply (its updated G_k; it sent G) and
+    knows the text of every training utterance (text is the shareable modality), but not which
+    utterances a client holds nor their audio/visual. Speakers are videos, so finding a client's
+    utterances links a node to its speakers.
+
+    ``global_out``: ``G(t_i, 0)`` on all N training texts; ``client_outs[k]``: ``G_k(t_i, 0)``;
+    ``real``: the real audio‖visual of the N utterances (per-speaker standardised; evaluation only);
+    ``member_masks[k]``: which utterances client k holds (evaluation only).
+
+    Returns ``update_membership_auc_mean`` / ``_max`` (:func:`update_membership_aucs` over clients)
+    and ``update_reconstruction_gain`` (:func:`update_reconstruction_gain`, mean over clients).
+    """
+    aucs = update_membership_aucs(global_out, client_outs, member_masks)
+    gains = [update_reconstruction_gain(global_out, out, real, mask) for out, mask in zip(client_outs, member_masks)]
+    return {"update_membership_auc_mean": float(aucs.mean()), "update_membership_auc_max": float(aucs.max()),
+            "update_reconstruction_gain": float(np.mean(gains))}
