@@ -5,9 +5,9 @@ Global state is one ArrayRecord holding the shared components with prefixed keys
 G and M. Clients keep their encoders and discriminators; a reply that carries anything other than
 the arrays of the components it was sent, or a metric outside the allow-list of its stage and DP unit
 (`hydiscgan_fl.privacy.reply_metrics`), is rejected. A client's claimed num-examples is capped at
-`max_examples_ratio` times the round's median claim before any example-weighted rule sees it. The fedavg-multimodal baseline (method
-"fedavg-multimodal") has one stage, "multimodal", in every round: it sends and aggregates M only,
-which the clients train on their real audio/visual.
+`max_examples_ratio` times the round's median claim before any example-weighted rule sees it. The
+fedavg-multimodal baseline (method "fedavg-multimodal") has one stage, "multimodal", in every round:
+it sends and aggregates M only, which the clients train on their real audio/visual.
 
 Per component the rule can differ, or be "local": a personalised component is never sent back nor
 aggregated (the clients keep their own copies; the server's copy stays at its last global value).
