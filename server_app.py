@@ -27,6 +27,8 @@ def main(grid: Grid, context: Context) -> None:
         seed=cfg.seed,
         client_state=server.lineage,
         dp=speaker_level_dp(cfg),
+        dp_unit=cfg.dp_unit,
+        max_examples_ratio=cfg.max_examples_ratio,
     )
     if server.resumed:
         strategy.load_state_dict(server.resumed["strategy"])

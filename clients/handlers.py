@@ -1,15 +1,18 @@
 """ClientApp handlers: unpack the server's message, run the local stage, pack only shared weights.
 
 What leaves the client: the arrays of the components it was sent (G in stage 1; G and M in stage 2;
-M alone in the fedavg-multimodal baseline's "multimodal" stage) and scalar metrics. The encoders and
+M alone in the fedavg-multimodal baseline's "multimodal" stage) and the metrics that the allow-list of
+its stage and DP unit admits (`hydiscgan_fl.privacy.reply_metrics`); every other figure (losses on
+private data, the Wasserstein figure) goes to the client's own log only. The encoders and
 discriminators live in `context.state` and never leave, as do personalised ("local") components, the
 speaker adversary of adversarial identity unlearning (adv-lambda) and, under utterance-level DP, the
-client's privacy ledger, whose cumulative epsilon is reported as metrics each round.
+client's privacy ledger, whose cumulative epsilon is reported each round.
 
 Robustness (docs/aggregation.md): the client refuses data the server's model or text does not fit
 (DataError naming the client), saves its `context.state` every round when the server names a
 `client-state` (so a resumed run continues it), and, for experiments, injects seeded faults
-(`fault-rate`) or poisons its reply (`byzantine-clients`, `byzantine-mode`).
+(`fault-rate`) or poisons its reply (`byzantine-clients`, `byzantine-mode`, "inflate" also claiming
+a huge `num-examples`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from clients.local_data import check_dims, check_known_ids, client_dataset, client_name, client_seed_key
 from clients.persistence import client_state_dir, restore_client_state, save_client_state
-from clients.simulated_faults import injected_fault, is_byzantine, poison
+from clients.simulated_faults import claimed_examples, injected_fault, is_byzantine, poison
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.data import MultimodalDataset
 from hydiscgan_fl.models import (
@@ -32,6 +35,7 @@ from hydiscgan_fl.models import (
     build_speaker_adversary,
 )
 from hydiscgan_fl.privacy.ledger import PrivacyLedger
+from hydiscgan_fl.privacy.reply_metrics import TIMING_KEY, WEIGHT_KEY, releasable_metrics
 from hydiscgan_fl.training import local_alignment, local_msa, pick_device, to_tensors, train_multimodal
 
 PRIVATE_STATE_KEY = "private-models"
@@ -126,10 +130,12 @@ def train(msg: Message, context: Context) -> Message:
 
     state = shared.state_dict()
     reply = {key: state[key] for key in received}  # exactly what was sent, updated
+    num_examples = len(dataset)
     if is_byzantine(cfg, context):
         reply = poison(reply, received, cfg.byzantine_mode, seed)
-    reply_arrays = ArrayRecord(reply)
+        num_examples = claimed_examples(cfg.byzantine_mode, num_examples)
     metrics = {f"loss-{key.removeprefix('loss_').replace('_', '-')}": float(v) for key, v in losses.items()}
     metrics.update({key.replace("_", "-"): value for key, value in privacy.items()})  # PRIVACY_METRIC_KEYS
-    metrics.update({"num-examples": len(dataset), "train-s": time.perf_counter() - started})
-    return Message(RecordDict({"arrays": reply_arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+    metrics.update({WEIGHT_KEY: num_examples, TIMING_KEY: time.perf_counter() - started})
+    metrics = releasable_metrics(metrics, stage, cfg.dp_unit, who)
+    return Message(RecordDict({"arrays": ArrayRecord(reply), "metrics": MetricRecord(metrics)}), reply_to=msg)

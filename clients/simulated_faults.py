@@ -10,6 +10,7 @@ from flwr.app import Context
 from hydiscgan_fl.config import HyDiscGANConfig
 
 BYZANTINE_SCALE = -10.0
+INFLATED_EXAMPLES = 10**9  # what an "inflate" client claims as its number of examples
 
 
 def injected_fault(cfg: HyDiscGANConfig, server_round: int, client_key: int) -> str:
@@ -27,8 +28,15 @@ def is_byzantine(cfg: HyDiscGANConfig, context: Context) -> bool:
 
 def poison(trained: dict[str, torch.Tensor], received: dict[str, torch.Tensor], mode: str,
            seed: int) -> dict[str, torch.Tensor]:
-    """"scale": the update times BYZANTINE_SCALE; "random": standard-normal weights of the same shapes."""
-    if mode == "scale":
+    """"scale" and "inflate": the update times BYZANTINE_SCALE; "random": standard-normal weights of the
+    same shapes."""
+    if mode in ("scale", "inflate"):
         return {key: received[key] + BYZANTINE_SCALE * (trained[key] - received[key]) for key in received}
     generator = torch.Generator().manual_seed(seed)
     return {key: torch.randn(received[key].shape, generator=generator) for key in received}
+
+
+def claimed_examples(mode: str, honest: int) -> int:
+    """The `num-examples` a Byzantine client reports: "inflate" claims INFLATED_EXAMPLES, so that its
+    poisoned update would outweigh every honest one in an example-weighted rule; other modes the truth."""
+    return INFLATED_EXAMPLES if mode == "inflate" else honest

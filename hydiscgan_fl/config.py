@@ -82,10 +82,11 @@ class HyDiscGANConfig(BaseModel):
 
     # Robustness experiments [fault-rate, byzantine-clients, byzantine-mode]: injected client failures
     # (probability per client per round; half crash, half time out) and poisoned replies of the clients
-    # with partition-id < byzantine-clients ("scale": -10 x the update; "random": random weights).
+    # with partition-id < byzantine-clients ("scale": -10 x the update; "random": random weights;
+    # "inflate": -10 x the update and a claimed num-examples of 10^9).
     fault_rate: float = Field(0.0, ge=0.0, le=1.0)
     byzantine_clients: int = Field(0, ge=0)
-    byzantine_mode: Literal["scale", "random"] = "scale"
+    byzantine_mode: Literal["scale", "random", "inflate"] = "scale"
 
     # Checkpoint and resume [resume-from, stop-after-round]: continue the run saved in an absolute run
     # directory from its last completed round; stop (resumably) after this round (0 = run to the end).
@@ -101,6 +102,10 @@ class HyDiscGANConfig(BaseModel):
     dp_noise_multiplier: float = Field(1.0, gt=0.0)
     dp_delta: float = Field(1e-5, gt=0.0, lt=1.0)
     adv_lambda: float = Field(0.0, ge=0.0)
+
+    # Weight cap [max-examples-ratio] (docs/aggregation.md): in example-weighted rules a client counts
+    # for at most this multiple of the round's median claimed num-examples (clients' claims are unverified).
+    max_examples_ratio: float = Field(3.0, ge=1.0)
 
     @field_validator("dataset")
     @classmethod

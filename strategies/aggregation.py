@@ -37,8 +37,8 @@ from flwr.serverapp.strategy import (
 )
 
 from hydiscgan_fl.config import LOCAL_RULE, HyDiscGANConfig
+from hydiscgan_fl.privacy.reply_metrics import WEIGHT_KEY
 
-WEIGHT_KEY = "num-examples"
 SHARED_COMPONENTS = ("generator", "msa")
 
 
@@ -81,6 +81,17 @@ def make_rule(name: str, *, proximal_mu: float = _DEFAULTS.proximal_mu, trimmed_
         raise ValueError(f"unknown aggregation rule {name!r}; use one of {list(RULE_NAMES)} or 'pkg.module:Class'")
     params = {"proximal_mu": proximal_mu, "trimmed_beta": trimmed_beta, "krum_malicious": krum_malicious}
     return _RULES[name](params)
+
+
+def capped_weights(claims: list[int], max_ratio: float) -> list[int]:
+    """The weights of the clients' claimed numbers of examples, each capped at `max_ratio` times the
+    median claim (rounded down, at least 1). A client's claim is unverifiable; with fewer than half of
+    the clients lying, the median lies between honest claims, so no client, whatever it claims, counts
+    for more than `max_ratio` typical honest ones."""
+    if not claims:
+        return []
+    cap = max(1, int(max_ratio * float(np.median(claims))))
+    return [min(int(claim), cap) for claim in claims]
 
 
 def component_rules(cfg: HyDiscGANConfig) -> dict[str, Strategy | str]:

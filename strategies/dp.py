@@ -7,9 +7,15 @@ several speakers as a group of them).
 The math is that of Flower's ``DifferentialPrivacyServerSideFixedClipping`` (McMahan et al. 2018,
 arXiv 1710.06963): each client's update u_i = new_i - global, over all the components it was sent (G in
 stage 1; G and M in stage 2) taken as ONE vector, is scaled to norm <= C (``dp-clip-norm``); the clipped
-updates are averaged with equal weights; Gaussian noise of std sigma C / m (``dp-noise-multiplier``
-sigma, m updates averaged) is added to every coordinate, i.e. N(0, (sigma C)^2) on their sum.
-tests/test_privacy_dp.py checks the result against Flower's wrapper for fixed updates and noise seed.
+updates are summed with equal weights, N(0, (sigma C)^2) (``dp-noise-multiplier`` sigma) is added to
+every coordinate of the sum, and the noisy sum is divided by a FIXED denominator, the number of clients
+sampled this round (McMahan et al.'s fixed-denominator estimator, qN), not by the number of valid
+replies: that count depends on the data (who fails, who is rejected) and would change the sensitivity
+from one round to the next. Adjacency: add or remove one client's whole data; the noisy sum has
+sensitivity C, and dividing by a number fixed before any reply is post-processing. A round with
+dropouts thus moves the model by less (the missing updates count as zero).
+tests/test_privacy_dp.py checks the result against Flower's wrapper (whose denominator is also the
+sample size fixed in advance) for fixed updates and noise seed, and by hand with a dropout.
 
 Why not wrap HyDiscGANStrategy (or a per-component rule) in Flower's wrapper? It does not compose:
 
@@ -18,15 +24,17 @@ Why not wrap HyDiscGANStrategy (or a per-component rule) in Flower's wrapper? It
 * used instead as the per-component rule of `ComponentAggregator`, it would clip G and M separately,
   two mechanisms of norm C each (sensitivity sqrt(2) C for the noise of one);
 * it skips aggregation when any reply is an error, while this strategy goes on with the valid replies,
-  and it calibrates the noise to a sample size fixed at construction, not to the updates averaged;
+  and it fixes the sample size at construction, while fraction-train fixes it per round here;
 * its inner FedAvg weights clients by their number of examples: the sensitivity of the mean is then
   C max_i w_i / sum_i w_i, not C / m, and the weights are themselves private. Here weights are equal.
 
 Accounting: each round is one subsampled Gaussian mechanism with noise multiplier sigma, at sampling
 rate = sampled / connected nodes (``fraction-train``). Flower samples a fixed number of nodes without
 replacement, the accountants assume Poisson sampling, the usual approximation for DP-FedAvg; at
-fraction-train = 1 there is no amplification and nothing to approximate. The clients' scalar training
-metrics are released without noise and are outside the guarantee (as in Flower).
+fraction-train = 1 there is no amplification and nothing to approximate. The sample must be secret:
+the strategy samples with `privacy.secret_rng` under this unit, and the noise is drawn from a secret
+generator. Under DP the clients send no training metrics besides num-examples (their allow-list,
+`privacy.reply_metrics`); num-examples is not used in the weights here.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from flwr.app import Array, ArrayRecord
 
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.privacy.ledger import PrivacyLedger
+from hydiscgan_fl.privacy.secret_rng import secret_numpy_rng
 
 
 def clip_update(update: list[np.ndarray], clip_norm: float) -> list[np.ndarray]:
@@ -45,22 +54,24 @@ def clip_update(update: list[np.ndarray], clip_norm: float) -> list[np.ndarray]:
     return [a * scale for a in update]
 
 
-def noisy_mean(clipped: list[list[np.ndarray]], clip_norm: float, noise_multiplier: float,
-               rng: np.random.Generator | np.random.RandomState) -> list[np.ndarray]:
-    """Equal-weight mean of clipped updates plus N(0, (noise_multiplier * clip_norm / m)^2) per coordinate,
-    drawn array by array in order (as Flower draws it)."""
-    m = len(clipped)
-    if m == 0:
+def noisy_average(clipped: list[list[np.ndarray]], clip_norm: float, noise_multiplier: float, denominator: int,
+                  rng: np.random.Generator | np.random.RandomState) -> list[np.ndarray]:
+    """(Sum of the clipped updates + N(0, (noise_multiplier * clip_norm)^2) per coordinate) / denominator,
+    the noise drawn array by array in order, as std noise_multiplier * clip_norm / denominator on the
+    average (as Flower draws it)."""
+    if not clipped:
         raise ValueError("no updates to average")
-    std = noise_multiplier * clip_norm / m
-    return [np.mean([update[i] for update in clipped], axis=0) + rng.normal(0.0, std, size=clipped[0][i].shape)
-            for i in range(len(clipped[0]))]
+    if denominator < len(clipped):
+        raise ValueError(f"the fixed denominator {denominator} is smaller than the {len(clipped)} updates summed")
+    std = noise_multiplier * clip_norm / denominator
+    return [np.sum([update[i] for update in clipped], axis=0) / denominator
+            + rng.normal(0.0, std, size=clipped[0][i].shape) for i in range(len(clipped[0]))]
 
 
 class SpeakerLevelDP:
     """DP-FedAvg aggregation of the sent components, with its privacy ledger.
 
-    `rng` draws the noise: by default seeded from the operating system, so it cannot be predicted
+    `rng` draws the noise: by default a secret one (`privacy.secret_rng`), so it cannot be predicted
     from the run config (a fixed one is for tests only).
     """
 
@@ -69,15 +80,17 @@ class SpeakerLevelDP:
         self.clip_norm = float(clip_norm)
         self.noise_multiplier = float(noise_multiplier)
         self.ledger = PrivacyLedger(delta)
-        self.rng = rng if rng is not None else np.random.default_rng()
+        self.rng = rng if rng is not None else secret_numpy_rng()
 
-    def aggregate(self, current: ArrayRecord, replies: list[ArrayRecord], sample_rate: float) -> ArrayRecord:
-        """The new global arrays for the keys of `current` (what was sent), from the clients' arrays."""
+    def aggregate(self, current: ArrayRecord, replies: list[ArrayRecord], sample_rate: float,
+                  num_sampled: int) -> ArrayRecord:
+        """The new global arrays for the keys of `current` (what was sent), from the valid replies of the
+        `num_sampled` clients sampled this round (the fixed denominator)."""
         keys = list(current.keys())
         base = [current[key].numpy() for key in keys]
         clipped = [clip_update([reply[key].numpy().astype(np.float64) - b for key, b in zip(keys, base)],
                                self.clip_norm) for reply in replies]
-        mean = noisy_mean(clipped, self.clip_norm, self.noise_multiplier, self.rng)
+        mean = noisy_average(clipped, self.clip_norm, self.noise_multiplier, num_sampled, self.rng)
         rows = np.stack([np.concatenate([a.ravel() for a in update]) for update in clipped])
         self.ledger.step(noise_multiplier=self.noise_multiplier, sample_rate=sample_rate, clip_norm=self.clip_norm,
                          clipped_rows=rows)

@@ -3,9 +3,11 @@
 Global state is one ArrayRecord holding the shared components with prefixed keys ('generator.*',
 'msa.*'). Stage 1 (modal alignment) sends and aggregates G only; stage 2 (MSA) sends and aggregates
 G and M. Clients keep their encoders and discriminators; a reply that carries anything other than
-the arrays of the components it was sent is rejected. The fedavg-multimodal baseline (method
-"fedavg-multimodal") has one stage, "multimodal", in every round: it sends and aggregates M only,
-which the clients train on their real audio/visual.
+the arrays of the components it was sent, or a metric outside the allow-list of its stage and DP unit
+(`hydiscgan_fl.privacy.reply_metrics`), is rejected. A client's claimed num-examples is capped at
+`max_examples_ratio` times the round's median claim before any example-weighted rule sees it. The
+fedavg-multimodal baseline (method "fedavg-multimodal") has one stage, "multimodal", in every round:
+it sends and aggregates M only, which the clients train on their real audio/visual.
 
 Per component the rule can differ, or be "local": a personalised component is never sent back nor
 aggregated (the clients keep their own copies; the server's copy stays at its last global value).
@@ -13,8 +15,9 @@ Replies are aggregated in a canonical order (by content), so a run does not depe
 and `state_dict`/`load_state_dict` carry the rules' state and the sampler through a checkpoint.
 
 Privacy (docs/privacy.md): with speaker-level DP (`dp`) the sent components are aggregated by DP-FedAvg
-(strategies.dp) instead of the rules; with utterance-level DP the clients report their cumulative
-epsilon. Either way every round's row carries the run's cumulative figures (PRIVACY_COLUMNS).
+(strategies.dp) instead of the rules, and clients are sampled with secret randomness; with
+utterance-level DP the clients report their cumulative epsilon (not the Wasserstein figure, which is
+computed from their private gradients). Every round's row carries the run's cumulative figures.
 """
 
 from __future__ import annotations
@@ -32,9 +35,17 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from hydiscgan_fl.config import LOCAL_RULE, METHODS, stage_of_round
+from hydiscgan_fl.config import LOCAL_RULE, METHODS, HyDiscGANConfig, stage_of_round
 from hydiscgan_fl.privacy.ledger import PRIVACY_COLUMNS, PRIVACY_METRIC_KEYS, PrivacyLedger
-from strategies.aggregation import WEIGHT_KEY, ComponentAggregator, load_rule_state, make_rule, rule_state
+from hydiscgan_fl.privacy.reply_metrics import TIMING_KEY, WEIGHT_KEY, allowed_reply_metrics
+from hydiscgan_fl.privacy.secret_rng import secret_random
+from strategies.aggregation import (
+    ComponentAggregator,
+    capped_weights,
+    load_rule_state,
+    make_rule,
+    rule_state,
+)
 from strategies.dp import SpeakerLevelDP
 
 STAGE_COMPONENTS = {"align": ("generator",), "msa": ("generator", "msa"), "multimodal": ("msa",)}
@@ -121,9 +132,11 @@ class HyDiscGANStrategy(Strategy):
     method : "hydiscgan" (two stages) or "fedavg-multimodal" (stage "multimodal" in every round).
     known_ids : the training utterance ids of the server's text, sent once to each node, which refuses
         data holding others (ids are shareable text metadata; nothing per utterance comes back).
-    seed : seeds the sampling of clients.
+    seed : seeds the sampling of clients (without DP; under speaker-level DP the sampling is secret).
     client_state : a name under which clients save their private state every round (for resume); "" = none.
     dp : speaker-level DP (DP-FedAvg over the sent components); needs FedAvg-style rules.
+    dp_unit : the run's dp-unit ("none", "speaker" with `dp`, "utterance"): selects the reply allow-list.
+    max_examples_ratio : a client's weight is at most this multiple of the round's median num-examples.
     """
 
     def __init__(
@@ -140,9 +153,13 @@ class HyDiscGANStrategy(Strategy):
         seed: int = 0,
         client_state: str = "",
         dp: SpeakerLevelDP | None = None,
+        dp_unit: str = "none",
+        max_examples_ratio: float = HyDiscGANConfig().max_examples_ratio,
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; use one of {list(METHODS)}")
+        if (dp is not None) != (dp_unit == "speaker"):
+            raise ValueError(f"dp-unit {dp_unit!r} does not fit dp={dp!r}: speaker-level DP needs both")
         self.method = method
         self.rounds_align = rounds_align
         self.train_config = dict(train_config or {})
@@ -155,6 +172,8 @@ class HyDiscGANStrategy(Strategy):
             raise ValueError("speaker-level DP aggregates with DP-FedAvg; it cannot be combined with another "
                              "aggregation rule")
         self.dp = dp
+        self.dp_unit = dp_unit
+        self.max_examples_ratio = max_examples_ratio
         self.privacy: dict[str, float] = {}
         self._sample_rate = 1.0
         self.fraction_train = fraction_train
@@ -165,7 +184,8 @@ class HyDiscGANStrategy(Strategy):
         self.client_state = client_state
         self.rounds: list[RoundSummary] = []
         self.round_offset = 0  # rounds completed before this Flower run (resume)
-        self._rng = random.Random(seed)
+        # Under speaker-level DP the sample must be secret (amplification by subsampling); otherwise seeded.
+        self._rng = secret_random() if dp is not None else random.Random(seed)
         self._introduced: set[int] = set()  # nodes that were sent known_ids and replied
         self._global: ArrayRecord | None = None
         self._pending: dict[int, ClientRound] = {}
@@ -250,6 +270,9 @@ class HyDiscGANStrategy(Strategy):
             return f"reply must hold a MetricRecord 'metrics' with '{WEIGHT_KEY}'"
         if content["metrics"][WEIGHT_KEY] <= 0:
             return f"'{WEIGHT_KEY}' must be positive"
+        extra = sorted(set(content["metrics"]) - allowed_reply_metrics(stage, self.dp_unit))
+        if extra:
+            return f"metrics {extra[:5]} are not allowed in a {stage} reply with dp-unit {self.dp_unit!r}"
         expected = merge_arrays(ArrayRecord(), (component_arrays(self._global, c) for c in self.sent_components(stage)))
         got = content["arrays"]
         if set(got) != set(expected):
@@ -284,7 +307,7 @@ class HyDiscGANStrategy(Strategy):
             record.status = "ok"
             record.bytes_up = reply.content["arrays"].count_bytes() + metrics.count_bytes()
             record.num_examples = int(metrics[WEIGHT_KEY])
-            record.train_s = float(metrics.get("train-s", 0.0))
+            record.train_s = float(metrics.get(TIMING_KEY, 0.0))
             valid.append(reply)
         summary.clients = list(self._pending.values())
         self._introduced -= {c.node_id for c in summary.clients if c.status != "ok"}  # resend the ids next time
@@ -301,32 +324,36 @@ class HyDiscGANStrategy(Strategy):
                             if c.status != "ok")
             )
         valid.sort(key=_content_digest)  # canonical order: floating-point sums do not depend on arrival
+        weights = capped_weights([int(reply.content["metrics"][WEIGHT_KEY]) for reply in valid],
+                                 self.max_examples_ratio)
         updates = []
         if self.dp is not None:  # speaker-level DP: all sent components clipped and noised as one update
             sent = merge_arrays(ArrayRecord(), (component_arrays(self._global, c)
                                                 for c in self.sent_components(summary.stage)))
-            updates.append(self.dp.aggregate(sent, [reply.content["arrays"] for reply in valid], self._sample_rate))
+            updates.append(self.dp.aggregate(sent, [reply.content["arrays"] for reply in valid], self._sample_rate,
+                                             num_sampled=summary.sent))
             self.privacy = self.dp.report()
         else:
             for component in self.sent_components(summary.stage):
-                per_client = [
-                    (reply, component_arrays(reply.content["arrays"], component),
-                     int(reply.content["metrics"][WEIGHT_KEY]))
-                    for reply in valid
-                ]
+                per_client = [(reply, component_arrays(reply.content["arrays"], component), weight)
+                              for reply, weight in zip(valid, weights)]
                 updates.append(self.aggregators[component].aggregate(server_round, per_client))
             self.privacy = _clients_privacy(self.privacy, valid)
         summary.privacy = dict(self.privacy)
-        summary.train_metrics = _weighted_metrics(valid)
+        summary.train_metrics = _weighted_metrics(valid, weights)
         self._global = merge_arrays(self._global, updates)
         return self._global, MetricRecord({k: float(v) for k, v in summary.train_metrics.items()})
 
     # -- checkpoint ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """What a resumed run needs: the last completed round, each rule's state, the sampler's RNG."""
+        """What a resumed run needs: the last completed round, each rule's state, the sampler's RNG.
+
+        Under speaker-level DP the sampler is the OS's CSPRNG and has no state: "sampler" is None, so
+        the checkpoint (which the server writes to disk) reveals nothing of future samples, and a
+        resumed run samples afresh from the same secret source."""
         return {"round": self.rounds[-1].server_round if self.rounds else self.round_offset,
                 "rules": {name: rule_state(agg.rule) for name, agg in self.aggregators.items()},
-                "sampler": self._rng.getstate(),
+                "sampler": None if self.dp is not None else self._rng.getstate(),
                 "privacy": dict(self.privacy),
                 **({"dp-ledger": self.dp.ledger.to_json()} if self.dp is not None else {})}
 
@@ -336,7 +363,11 @@ class HyDiscGANStrategy(Strategy):
             raise ValueError(f"checkpoint aggregates {sorted(state['rules'])}, this run {sorted(self.aggregators)}")
         for name, saved in state["rules"].items():
             load_rule_state(self.aggregators[name].rule, saved)
-        self._rng.setstate(state["sampler"])
+        if self.dp is None:
+            if state["sampler"] is None:
+                raise ValueError("the checkpoint's run sampled clients secretly (speaker-level DP); a run "
+                                 "without DP cannot continue its seeded sampling")
+            self._rng.setstate(state["sampler"])
         self.privacy = dict(state.get("privacy", {}))
         if self.dp is not None:
             if "dp-ledger" not in state:
@@ -375,16 +406,15 @@ def _clients_privacy(previous: dict[str, float], replies: list[Message]) -> dict
     return spent
 
 
-def _weighted_metrics(replies: list[Message]) -> dict[str, float]:
-    """Example-weighted mean of each numeric training metric the clients reported."""
+def _weighted_metrics(replies: list[Message], weights: list[int]) -> dict[str, float]:
+    """Mean of each numeric training metric the clients reported (the allow-list admits only stage-2
+    loss-task without DP), weighted by the capped numbers of examples that weighted the aggregation."""
     totals: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    for reply in replies:
-        metrics = reply.content["metrics"]
-        weight = float(metrics[WEIGHT_KEY])
-        for key, value in metrics.items():
-            if key in (WEIGHT_KEY, "train-s", *PRIVACY_METRIC_KEYS) or isinstance(value, list):
+    sums: dict[str, float] = {}
+    for reply, weight in zip(replies, weights):
+        for key, value in reply.content["metrics"].items():
+            if key in (WEIGHT_KEY, TIMING_KEY, *PRIVACY_METRIC_KEYS) or isinstance(value, list):
                 continue  # train-s is reported per client in clients.csv; privacy figures by _clients_privacy
             totals[key] = totals.get(key, 0.0) + weight * float(value)
-            weights[key] = weights.get(key, 0.0) + weight
-    return {key: totals[key] / weights[key] for key in totals}
+            sums[key] = sums.get(key, 0.0) + weight
+    return {key: totals[key] / sums[key] for key in totals}

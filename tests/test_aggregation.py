@@ -69,9 +69,9 @@ def test_unknown_or_broken_rules_are_named():
 
 
 def test_user_rule_clips_each_coordinate_of_each_update(task_identity):
-    _, result = aggregate_one_round(ClippedMean(clip=1.5), examples=[1, 1, 1, 5])
-    # Updates 1, 2, 3, 100 clipped to 1, 1.5, 1.5, 1.5; weights 1/8, 1/8, 1/8, 5/8.
-    np.testing.assert_allclose(result, np.full(4, (1 + 1.5 + 1.5 + 5 * 1.5) / 8), rtol=1e-6)
+    _, result = aggregate_one_round(ClippedMean(clip=1.5), examples=[2, 2, 2, 5])  # within 3 x the median claim
+    # Updates 1, 2, 3, 100 clipped to 1, 1.5, 1.5, 1.5; weights 2/11, 2/11, 2/11, 5/11.
+    np.testing.assert_allclose(result, np.full(4, (2 * 1 + 2 * 1.5 + 2 * 1.5 + 5 * 1.5) / 11), rtol=1e-6)
 
 
 def test_fedprox_mu_reaches_the_client_and_pulls_its_weights_to_the_global_ones(task_identity):

@@ -1,20 +1,28 @@
 """Injected client failures (crash, time-out): the run completes, failures are counted per round, and
-only too few replies stop it, with an error naming them."""
+only too few replies stop it, with an error naming them. Byzantine "inflate" clients and their column."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 from collections import Counter
 
+import numpy as np
 import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
-from clients.simulated_faults import injected_fault
+from clients import handlers
+from clients.simulated_faults import BYZANTINE_SCALE, INFLATED_EXAMPLES, injected_fault
 from examples.in_process import run_in_process
 from hydiscgan_fl.config import HyDiscGANConfig
+from hydiscgan_fl.data import make_synthetic
+from hydiscgan_fl.models import build_shared_models
+from hydiscgan_fl.orchestration.byzantine import MODES, markdown_table
 from hydiscgan_fl.orchestration.flwr_runner import LocalFederation
 from hydiscgan_fl.run_files import load_summary
-from strategies import TooFewRepliesError
+from strategies import HyDiscGANStrategy, TooFewRepliesError
+from tests.grids import StaticGrid
 
 # Seed 0 with fault-rate 0.3 and 3 clients: round 1 clean, two crashes in round 2, a time-out in round 3.
 FAULTY = {"dataset": "synthetic", "rounds-align": 1, "rounds-msa": 2, "local-epochs": 1, "fault-rate": 0.3, "seed": 0}
@@ -89,3 +97,30 @@ def test_real_flwr_run_with_crashing_clients_a_user_rule_and_a_byzantine_client(
     flwr_summary, local_summary = load_summary(outcome.run_dir), load_summary(local.run_dir)
     for key in ("acc2", "f1", "mae", "corr"):
         assert math.isclose(flwr_summary[key], local_summary[key], abs_tol=1e-6), key
+
+
+def test_an_inflating_client_poisons_its_update_and_claims_a_billion_examples(task_identity):
+    replies = {}
+    for label, extra in {"honest": {}, "inflate": {"byzantine_clients": 1, "byzantine_mode": "inflate"}}.items():
+        cfg = HyDiscGANConfig(dataset="synthetic", local_epochs=1, **extra)
+        shared = build_shared_models(make_synthetic(seed=cfg.seed).dims, cfg, cfg.seed)
+        (message,) = HyDiscGANStrategy(rounds_align=1, node_settle_s=0.0).configure_train(
+            1, ArrayRecord(shared.state_dict()), ConfigRecord(), StaticGrid([7]))
+        context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 3},
+                          state=RecordDict(), run_config=cfg.to_run_config())
+        replies[label] = handlers.train(message, context).content
+    sent = message.content["arrays"]
+    honest, inflated = replies["honest"], replies["inflate"]
+    assert inflated["metrics"]["num-examples"] == INFLATED_EXAMPLES != honest["metrics"]["num-examples"]
+    for key in sent:  # without DP a client's round is seeded: the same update, scaled by -10
+        expected = sent[key].numpy() + BYZANTINE_SCALE * (honest["arrays"][key].numpy() - sent[key].numpy())
+        np.testing.assert_allclose(inflated["arrays"][key].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_byzantine_table_has_an_inflate_column():
+    assert "inflate" in MODES
+    rows = [{"rule": "fedavg", "attack": attack, "acc2": acc} for attack, acc in
+            (("none", "0.75"), ("scale", "0.40"), ("random", "0.50"), ("inflate", "0.30"))]
+    table = markdown_table(rows, argparse.Namespace(dataset="mosi-bclstm", num_clients=8, byzantine=2, seed=0))
+    assert "| rule | clean | attack: scale | attack: random | attack: inflate |" in table
+    assert "| fedavg | 0.7500 | 0.4000 (-35.0) | 0.5000 (-25.0) | 0.3000 (-45.0) |" in table

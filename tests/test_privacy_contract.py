@@ -1,9 +1,15 @@
-"""What leaves a client: only G (stage 1) or G and M (stage 2), as parameters, plus scalar metrics.
+"""What leaves a client, key by key: the exact array keys and metric keys of every reply, for every stage,
+DP unit, the speaker adversary, personalised components and the fedavg-multimodal baseline.
 
-The handlers run on the real MOSI features; the reply is inspected array by array.
+The handlers run on the real MOSI features and the replies go through the server's checks. The expected
+sets are written out here, independently of the allow-list in `hydiscgan_fl.privacy.reply_metrics`:
+a figure computed from private audio/video (or from models trained on them) leaves only if a DP
+mechanism covers it.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pytest
@@ -13,47 +19,96 @@ from clients import handlers
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.models import build_shared_models
 from strategies import HyDiscGANStrategy
+from strategies.aggregation import component_rules
+from strategies.dp import speaker_level_dp
 from tests.grids import StaticGrid
 
-NUM_PARTITIONS = 5
+NUM_PARTITIONS = 10
+PARTITION_ID = 2
+NODE_ID = 100 + PARTITION_ID
+
+# The metric keys of a reply, by stage and DP unit.
+WITHOUT_DP_ALIGN = {"num-examples", "train-s"}  # no stage-1 loss: every term reads real audio/video
+WITHOUT_DP_MSA = {"num-examples", "train-s", "loss-task"}  # text, labels, G and M; not D's verdict
+WITHOUT_DP_MULTIMODAL = {"num-examples", "train-s"}  # M(t, a, v) reads real audio/video
+SPEAKER_DP = {"num-examples"}
+UTTERANCE_DP = {"num-examples", "epsilon-rdp", "epsilon-prv"}  # from sigma, q, steps: public parameters
+
+G, M = ("generator.",), ("msa.",)
+
+# name: (run-config overrides, [(stage, array-key prefixes, metric keys) of rounds 1, 2, ...])
+CASES = {
+    "no-dp": ({}, [("align", G, WITHOUT_DP_ALIGN), ("msa", G + M, WITHOUT_DP_MSA)]),
+    "speaker-dp": ({"dp_unit": "speaker"}, [("align", G, SPEAKER_DP), ("msa", G + M, SPEAKER_DP)]),
+    "utterance-dp": ({"dp_unit": "utterance"}, [("align", G, UTTERANCE_DP), ("msa", G + M, UTTERANCE_DP)]),
+    "adversary": ({"adv_lambda": 1.0}, [("align", G, WITHOUT_DP_ALIGN), ("msa", G + M, WITHOUT_DP_MSA)]),
+    "adversary-utterance-dp": ({"adv_lambda": 1.0, "dp_unit": "utterance"},
+                               [("align", G, UTTERANCE_DP), ("msa", G + M, UTTERANCE_DP)]),
+    "local-msa": ({"aggregation_msa": "local"}, [("align", G, WITHOUT_DP_ALIGN), ("msa", G, WITHOUT_DP_MSA)]),
+    "local-generator": ({"aggregation_generator": "local"},
+                        [("align", (), WITHOUT_DP_ALIGN), ("msa", M, WITHOUT_DP_MSA)]),
+    "fedavg-multimodal": ({"method": "fedavg-multimodal"}, [("multimodal", M, WITHOUT_DP_MULTIMODAL)]),
+    "fedavg-multimodal-speaker-dp": ({"method": "fedavg-multimodal", "dp_unit": "speaker"},
+                                     [("multimodal", M, SPEAKER_DP)]),
+}
 
 
-def mosi_context(cfg: HyDiscGANConfig, partition_id: int) -> Context:
-    return Context(run_id=1, node_id=100 + partition_id, node_config={"partition-id": partition_id,
+def mosi_context(cfg: HyDiscGANConfig) -> Context:
+    return Context(run_id=1, node_id=NODE_ID, node_config={"partition-id": PARTITION_ID,
                    "num-partitions": NUM_PARTITIONS}, state=RecordDict(), run_config=cfg.to_run_config())
 
 
-@pytest.mark.parametrize("server_round", [1, 2])
-def test_reply_holds_only_shared_parameters_and_scalars(task_identity, server_round):
-    cfg = HyDiscGANConfig(local_epochs=1)
-    dims = cfg.load_dataset().dims
-    shared = build_shared_models(dims, cfg, cfg.seed)
-    strategy = HyDiscGANStrategy(rounds_align=1, node_settle_s=0.0)
-    arrays = ArrayRecord(shared.state_dict())
-    context = mosi_context(cfg, partition_id=2)
-    if server_round == 2:  # stage 2 needs the client's stage-1 state, as in a real run
-        handlers.train(next(iter(strategy.configure_train(1, arrays, ConfigRecord(), StaticGrid([102])))), context)
-    message = next(iter(strategy.configure_train(server_round, arrays, ConfigRecord(), StaticGrid([102]))))
-    reply = handlers.train(message, context)
+def server_strategy(cfg: HyDiscGANConfig) -> HyDiscGANStrategy:
+    """The strategy as server_app.py builds it."""
+    return HyDiscGANStrategy(rounds_align=1, aggregation=component_rules(cfg), method=cfg.method, seed=cfg.seed,
+                             node_settle_s=0.0, dp=speaker_level_dp(cfg), dp_unit=cfg.dp_unit,
+                             max_examples_ratio=cfg.max_examples_ratio)
 
-    content = reply.content
-    assert set(content.array_records) == {"arrays"} and not content.config_records
-    sent, returned = message.content["arrays"], content["arrays"]
-    expected_prefixes = ("generator.",) if server_round == 1 else ("generator.", "msa.")
-    assert set(returned) == set(sent)
-    assert all(key.startswith(expected_prefixes) for key in returned)
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_reply_holds_exactly_the_allowed_keys(task_identity, caplog, case):
+    overrides, rounds = CASES[case]
+    cfg = HyDiscGANConfig(local_epochs=1, rounds_align=1, **overrides)
+    shared = build_shared_models(cfg.load_dataset().dims, cfg, cfg.seed)
     parameter_shapes = {key: tuple(value.shape) for key, value in shared.state_dict().items()}
-    num_utterances = int(content["metrics"]["num-examples"])
-    assert num_utterances not in {d for shape in parameter_shapes.values() for d in shape}  # so the check bites
-    for key in returned:
-        shape = tuple(returned[key].shape)
-        assert shape == parameter_shapes[key], key
-        assert num_utterances not in shape, f"{key} has an utterance dimension"
-    assert not any(k.startswith(("encoder_", "disc_")) or ".encoder_" in k or ".disc_" in k for k in returned)
-    for key, value in content["metrics"].items():
-        assert isinstance(value, (int, float)), f"metric {key} is not a scalar"
-    # The private models stayed on the client.
-    private_keys = set(context.state["private-models"].keys())
-    assert private_keys and not private_keys & set(returned)
-    assert any(k.startswith("disc_audio.") for k in private_keys)
+    strategy = server_strategy(cfg)
+    arrays = ArrayRecord(shared.state_dict())
+    context = mosi_context(cfg)
+    caplog.set_level(logging.INFO, logger="hydiscgan_fl.client")
+    for server_round, (stage, prefixes, metric_keys) in enumerate(rounds, start=1):
+        (message,) = strategy.configure_train(server_round, arrays, ConfigRecord(), StaticGrid([NODE_ID]))
+        assert message.content["config"]["stage"] == stage
+        reply = handlers.train(message, context)
+        content = reply.content
+
+        assert set(content.array_records) == {"arrays"} and set(content.metric_records) == {"metrics"}
+        assert not content.config_records
+        expected_arrays = {key for key in parameter_shapes if key.startswith(prefixes)} if prefixes else set()
+        assert set(content["arrays"]) == expected_arrays, (case, stage)
+        assert set(content["metrics"]) == metric_keys, (case, stage)
+        num_utterances = int(content["metrics"]["num-examples"])
+        assert num_utterances not in {d for shape in parameter_shapes.values() for d in shape}  # so the check bites
+        for key in content["arrays"]:
+            assert tuple(content["arrays"][key].shape) == parameter_shapes[key], key  # no utterance dimension
+        assert all(isinstance(value, (int, float)) for value in content["metrics"].values())
+
+        arrays, _ = strategy.aggregate_train(server_round, [reply])  # the server accepts exactly this
+        assert [c.status for c in strategy.rounds[-1].clients] == ["ok"], strategy.rounds[-1].clients[0].detail
+
+    # What was held back was computed, and went to the client's own log only.
+    held = caplog.text
+    assert "kept on the client: loss-" in held
+    if cfg.dp_unit == "utterance":
+        assert "wdp-loss=" in held and "loss-recon=" in held
+    private = set(context.state["private-models"].keys()) if "private-models" in context.state else set()
+    assert cfg.method == "fedavg-multimodal" or any(k.startswith("disc_audio.") for k in private)
+
+
+def test_the_generator_actually_trains_so_the_contract_is_about_real_replies(task_identity):
+    cfg = HyDiscGANConfig(local_epochs=1)
+    shared = build_shared_models(cfg.load_dataset().dims, cfg, cfg.seed)
+    strategy = server_strategy(cfg)
+    (message,) = strategy.configure_train(1, ArrayRecord(shared.state_dict()), ConfigRecord(), StaticGrid([NODE_ID]))
+    reply = handlers.train(message, mosi_context(cfg))
+    sent, returned = message.content["arrays"], reply.content["arrays"]
     assert not np.allclose(returned["generator.audio_head.weight"].numpy(), sent["generator.audio_head.weight"].numpy())

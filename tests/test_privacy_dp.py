@@ -44,7 +44,8 @@ def test_speaker_level_dp_equals_flowers_server_side_fixed_clipping(task_identit
     new = [arrays({k: current[k].numpy() + s * rng.normal(size=current[k].shape) for k in current}) for s in scales]
     clip, sigma, seed = 0.8, 1.3, 7
 
-    ours = SpeakerLevelDP(clip, sigma, 1e-5, rng=np.random.RandomState(seed)).aggregate(current, new, 1.0)
+    ours = SpeakerLevelDP(clip, sigma, 1e-5, rng=np.random.RandomState(seed)).aggregate(current, new, 1.0,
+                                                                                      num_sampled=len(new))
 
     flower = DifferentialPrivacyServerSideFixedClipping(
         FedAvg(min_train_nodes=1, min_available_nodes=1, fraction_evaluate=0.0), sigma, clip, len(new))
@@ -65,7 +66,7 @@ def test_speaker_level_clipping_and_noise_by_hand():
     new = [arrays({"a": [4.0, 2.0], "b": [7.0]}), arrays({"a": [1.0, 2.3], "b": [3.4]})]
     sigma, clip, seed = 2.0, 1.0, 3
     dp = SpeakerLevelDP(clip, sigma, 1e-5, rng=np.random.RandomState(seed))
-    result = dp.aggregate(current, new, sample_rate=0.5)
+    result = dp.aggregate(current, new, sample_rate=0.5, num_sampled=2)
     draws = np.random.RandomState(seed)
     std = sigma * clip / 2  # sigma C on the sum of 2 updates = sigma C / 2 on their mean
     noise_a, noise_b = draws.normal(0.0, std, 2), draws.normal(0.0, std, 1)
@@ -82,8 +83,40 @@ def test_speaker_level_clipping_and_noise_by_hand():
     assert report["epsilon_prv"] > 0
 
 
+def test_speaker_level_dp_divides_by_the_number_sampled_not_the_replies():
+    """Three clients sampled, one dropped out: (sum of the two clipped updates + noise) / 3."""
+    current = arrays({"a": [1.0, 2.0], "b": [3.0]})
+    new = [arrays({"a": [4.0, 2.0], "b": [7.0]}), arrays({"a": [1.0, 2.3], "b": [3.4]})]  # as above
+    sigma, clip, seed = 2.0, 1.0, 3
+    result = SpeakerLevelDP(clip, sigma, 1e-5, rng=np.random.RandomState(seed)).aggregate(
+        current, new, sample_rate=0.75, num_sampled=3)
+    draws = np.random.RandomState(seed)
+    std = sigma * clip / 3  # sigma C on the sum, divided by the 3 sampled
+    noise_a, noise_b = draws.normal(0.0, std, 2), draws.normal(0.0, std, 1)
+    # clipped updates (0.6, 0 | 0.8) and (0, 0.3 | 0.4): sum (0.6, 0.3 | 1.2), divided by 3
+    np.testing.assert_allclose(result["a"].numpy(), np.array([1.0, 2.0]) + [0.2, 0.1] + noise_a, rtol=1e-6)
+    np.testing.assert_allclose(result["b"].numpy(), np.array([3.0]) + [0.4] + noise_b, rtol=1e-6)
+    with pytest.raises(ValueError, match="denominator"):
+        SpeakerLevelDP(clip, sigma, 1e-5).aggregate(current, new, sample_rate=1.0, num_sampled=1)
+
+
+def test_strategy_passes_the_round_sample_size_as_the_dp_denominator(task_identity, monkeypatch):
+    dp = SpeakerLevelDP(1.0, 1.0, 1e-5)
+    seen = []
+    aggregate = dp.aggregate
+    monkeypatch.setattr(dp, "aggregate", lambda *a, **kw: (seen.append(kw["num_sampled"]), aggregate(*a, **kw))[1])
+    strategy = HyDiscGANStrategy(rounds_align=1, node_settle_s=0.0, dp=dp, dp_unit="speaker")
+    messages = list(strategy.configure_train(1, arrays({"generator.w": np.zeros(2)}), ConfigRecord(),
+                                             StaticGrid([1, 2, 3])))
+    replies = [Message(RecordDict({"arrays": arrays({"generator.w": np.ones(2)}),
+                                   "metrics": MetricRecord({"num-examples": 5})}), reply_to=m) for m in messages[:2]]
+    strategy.aggregate_train(1, replies)  # the third client never answers
+    assert seen == [3]
+
+
 def test_strategy_reports_speaker_level_epsilon_every_round(task_identity):
-    strategy = HyDiscGANStrategy(rounds_align=1, node_settle_s=0.0, dp=SpeakerLevelDP(1.0, 1.0, 1e-5))
+    strategy = HyDiscGANStrategy(rounds_align=1, node_settle_s=0.0, dp=SpeakerLevelDP(1.0, 1.0, 1e-5),
+                                 dp_unit="speaker")
     grid = StaticGrid([1, 2])
     global_arrays = arrays({"generator.w": np.zeros((2, 2)), "msa.w": np.zeros(3)})
     epsilons = []
@@ -103,7 +136,66 @@ def test_strategy_reports_speaker_level_epsilon_every_round(task_identity):
     assert strategy.privacy == strategy.rounds[-1].privacy
     assert strategy.state_dict()["dp-ledger"]  # a resumed run continues the ledger
     with pytest.raises(ValueError, match="DP-FedAvg"):
-        HyDiscGANStrategy(rounds_align=1, aggregation=FedMedian(), dp=SpeakerLevelDP(1.0, 1.0, 1e-5))
+        HyDiscGANStrategy(rounds_align=1, aggregation=FedMedian(), dp=SpeakerLevelDP(1.0, 1.0, 1e-5),
+                          dp_unit="speaker")
+    with pytest.raises(ValueError, match="does not fit"):
+        HyDiscGANStrategy(rounds_align=1, dp=SpeakerLevelDP(1.0, 1.0, 1e-5))
+
+
+# ------------------------------------------------------------------------- secret randomness
+def _sampled_rounds(dp: SpeakerLevelDP | None, rounds: int = 6) -> list[list[int]]:
+    strategy = HyDiscGANStrategy(rounds_align=rounds, node_settle_s=0.0, fraction_train=0.5, seed=0, dp=dp,
+                                 dp_unit="speaker" if dp is not None else "none")
+    grid = StaticGrid(list(range(1, 11)))
+    current = arrays({"generator.w": np.zeros(2)})
+    return [[m.metadata.dst_node_id for m in strategy.configure_train(server_round, current, ConfigRecord(), grid)]
+            for server_round in range(1, rounds + 1)]
+
+
+def test_speaker_level_sampling_and_noise_are_secret_and_plain_sampling_is_seeded(task_identity):
+    # 6 rounds of 5 of 10 nodes: two secret samplers agree by chance with probability 252^-6
+    assert _sampled_rounds(SpeakerLevelDP(1.0, 1.0, 1e-5)) != _sampled_rounds(SpeakerLevelDP(1.0, 1.0, 1e-5))
+    assert _sampled_rounds(None) == _sampled_rounds(None)
+    current, new = arrays({"a": np.zeros(4)}), [arrays({"a": np.ones(4)})]
+    first, second = (SpeakerLevelDP(1.0, 1.0, 1e-5).aggregate(current, new, 1.0, 1) for _ in range(2))
+    assert not np.allclose(first["a"].numpy(), second["a"].numpy())
+
+
+def test_a_speaker_dp_checkpoint_holds_no_sampler_state(task_identity):
+    dp_strategy = HyDiscGANStrategy(rounds_align=1, dp=SpeakerLevelDP(1.0, 1.0, 1e-5), dp_unit="speaker")
+    state = dp_strategy.state_dict()
+    assert state["sampler"] is None  # nothing on disk predicts the next sample
+    dp_strategy.load_state_dict(state)
+    with pytest.raises(ValueError, match="secretly"):
+        HyDiscGANStrategy(rounds_align=1).load_state_dict(state)
+
+
+def _poisson_batches(monkeypatch, cfg, data, dataset):
+    """The Poisson batches local_alignment draws (recorded through UtteranceDP.epoch), and the final G."""
+    drawn = []
+    epoch = UtteranceDP.epoch
+    monkeypatch.setattr(UtteranceDP, "epoch", lambda self, *args: drawn.append(epoch(self, *args)) or drawn[-1])
+    shared = build_shared_models(dataset.dims, cfg, 0)
+    private = build_client_discriminators(dataset.dims, cfg, 1)
+    local_alignment(shared, private, data, cfg, epochs=2, seed=0, ledger=PrivacyLedger(1e-5))
+    monkeypatch.setattr(UtteranceDP, "epoch", epoch)
+    return [[b.tolist() for b in batches] for batches in drawn], shared.generator.state_dict()
+
+
+def test_poisson_batches_and_noise_are_secret_under_utterance_dp_and_no_dp_is_reproducible(monkeypatch):
+    cfg, dataset, _, _, data, _ = _setup()
+    first, g_first = _poisson_batches(monkeypatch, cfg, data, dataset)
+    second, g_second = _poisson_batches(monkeypatch, cfg, data, dataset)
+    assert len(first) == len(second) == 4  # two epochs, a D and a G draw each
+    assert first != second  # same seed, same round, same client: different secret batches
+    assert any(not torch.equal(g_first[k], g_second[k]) for k in g_first)
+    plain = cfg.model_copy(update={"dp_unit": "none"})
+    runs = []
+    for _ in range(2):
+        shared = build_shared_models(dataset.dims, plain, 0)
+        local_alignment(shared, build_client_discriminators(dataset.dims, plain, 1), data, plain, epochs=2, seed=0)
+        runs.append(shared.generator.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])  # without DP: bit-identical
 
 
 # ---------------------------------------------------------------------------- utterance level
@@ -245,7 +337,12 @@ def test_each_dp_unit_reports_epsilon_every_round(federation, tmp_path, unit):
                               "batch-size": 64, "output-dir": str(tmp_path), "dp-unit": unit}, num_supernodes=2)
     rounds = pd.read_csv(outcome.run_dir / "metrics.csv")
     assert len(rounds) == 3
-    for column in PRIVACY_COLUMNS:
+    # the Wasserstein figure is computed on the server under the speaker unit; under the utterance unit it
+    # would be computed from private per-utterance gradients, and it stays on the clients
+    reported = PRIVACY_COLUMNS if unit == "speaker" else ("epsilon_rdp", "epsilon_prv")
+    assert ("wdp_loss" in rounds.columns) == (unit == "speaker")
+    assert not [column for column in rounds.columns if column.startswith("train_")]  # no loss leaves under DP
+    for column in reported:
         values = rounds[column].to_numpy()
         assert np.all(np.isfinite(values)) and np.all(values > 0), column
         assert np.all(np.diff(values) >= 0), column  # cumulative

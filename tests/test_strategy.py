@@ -21,7 +21,7 @@ def global_arrays():
 
 def reply_to(instruction: Message, arrays: dict[str, np.ndarray], num_examples: int, **extra) -> Message:
     record = ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()})
-    metrics = MetricRecord({"num-examples": num_examples, "loss-task": 1.0, **extra})
+    metrics = MetricRecord({"num-examples": num_examples, **extra})
     return Message(RecordDict({"arrays": record, "metrics": metrics}), reply_to=instruction)
 
 
@@ -45,7 +45,7 @@ def test_stage_one_sends_only_the_generator_and_weights_by_examples(task_identit
     np.testing.assert_allclose(arrays["generator.w"].numpy(), np.full((2, 2), 0.25 * 1 + 0.75 * 4))
     np.testing.assert_allclose(arrays["generator.b"].numpy(), [0.25 * 1 + 0.75 * 2, 0.25 * 3 + 0.75 * 0])
     np.testing.assert_allclose(arrays["msa.w"].numpy(), np.full(3, 7.0))  # M untouched in stage 1
-    assert metrics["loss-task"] == pytest.approx(1.0)
+    assert dict(metrics) == {}  # stage-1 replies carry no loss
     summary = strategy.rounds[-1]
     assert (summary.sent, summary.replies_ok, summary.replies_failed) == (2, 2, 0)
     assert all(c.bytes_down == sent["arrays"].count_bytes() + sent["config"].count_bytes() for c in summary.clients)
@@ -60,11 +60,14 @@ def test_stage_two_aggregates_generator_and_msa(task_identity):
     assert set(messages[0].content["arrays"]) == {"generator.w", "generator.b", "msa.w"}
     assert messages[0].content["config"]["stage"] == "msa"
     replies = [
-        reply_to(messages[0], {"generator.w": np.ones((2, 2)), "generator.b": [0, 0], "msa.w": [1, 1, 1]}, 1),
-        reply_to(messages[1], {"generator.w": np.ones((2, 2)), "generator.b": [0, 0], "msa.w": [4, 4, 4]}, 2),
+        reply_to(messages[0], {"generator.w": np.ones((2, 2)), "generator.b": [0, 0], "msa.w": [1, 1, 1]}, 1,
+                 **{"loss-task": 0.3}),
+        reply_to(messages[1], {"generator.w": np.ones((2, 2)), "generator.b": [0, 0], "msa.w": [4, 4, 4]}, 2,
+                 **{"loss-task": 0.6}),
     ]
-    arrays, _ = strategy.aggregate_train(2, replies)
+    arrays, metrics = strategy.aggregate_train(2, replies)
     np.testing.assert_allclose(arrays["msa.w"].numpy(), np.full(3, (1 * 1 + 2 * 4) / 3))
+    assert metrics["loss-task"] == pytest.approx((1 * 0.3 + 2 * 0.6) / 3)
 
 
 def test_failed_and_rejected_replies_are_counted_and_the_round_goes_on(task_identity):
@@ -110,3 +113,54 @@ def test_another_flower_rule_can_be_plugged_in(task_identity):
                for m, v, n in zip(messages, values, [1, 1, 50])]
     arrays, _ = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(arrays["generator.b"].numpy(), [1.0, 1.0])  # median ignores the weights
+
+
+@pytest.mark.parametrize(("dp_unit", "stage_round", "metrics", "accepted"), [
+    ("none", 1, {"train-s": 1.0}, True),
+    ("none", 1, {"loss-recon": 0.5}, False),  # computed from private audio/video
+    ("none", 2, {"loss-task": 0.5, "train-s": 1.0}, True),
+    ("none", 2, {"loss-gen-adv": 0.5}, False),  # the client's private discriminators' verdict
+    ("utterance", 1, {"epsilon-rdp": 1.0, "epsilon-prv": 0.9}, True),
+    ("utterance", 1, {"wdp-loss": 3.0}, False),  # from per-utterance gradient distances
+    ("utterance", 2, {"loss-task": 0.5}, False),
+    ("utterance", 1, {"train-s": 1.0}, False),
+])
+def test_replies_with_metrics_outside_the_allow_list_are_rejected(task_identity, dp_unit, stage_round, metrics,
+                                                                 accepted):
+    strategy = make_strategy(dp_unit=dp_unit)
+    grid = StaticGrid([1])
+    for server_round in range(1, stage_round + 1):
+        (message,) = strategy.configure_train(server_round, global_arrays(), ConfigRecord(), grid)
+    arrays = {key: np.ones(message.content["arrays"][key].shape) for key in message.content["arrays"]}
+    if accepted:
+        strategy.aggregate_train(stage_round, [reply_to(message, arrays, 5, **metrics)])
+        assert strategy.rounds[-1].clients[0].status == "ok"
+    else:
+        with pytest.raises(TooFewRepliesError, match="not allowed"):
+            strategy.aggregate_train(stage_round, [reply_to(message, arrays, 5, **metrics)])
+        assert strategy.rounds[-1].clients[0].status == "rejected"
+
+
+def test_a_client_claiming_a_huge_count_cannot_dominate_fedavg(task_identity):
+    strategy = make_strategy(max_examples_ratio=3.0)
+    messages = list(strategy.configure_train(1, global_arrays(), ConfigRecord(), StaticGrid([1, 2, 3, 4, 5])))
+    claims = [10, 20, 30, 40, 10**9]  # node 5 poisons its update and claims a billion examples
+    values = [1.0, 1.0, 1.0, 1.0, -100.0]
+    replies = [reply_to(m, {"generator.w": np.full((2, 2), v), "generator.b": [v, v]}, n)
+               for m, v, n in zip(messages, values, claims)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    # Hand computation: median claim 30, cap 3 x 30 = 90; weights 10, 20, 30, 40, 90 (sum 190).
+    expected = (100 * 1.0 + 90 * -100.0) / 190
+    np.testing.assert_allclose(arrays["generator.b"].numpy(), [expected, expected], rtol=1e-6)
+    # The liar holds 90/190 < 1/2 of the weight; uncapped it would hold all but 1e-7 of it (result ~ -100).
+    assert arrays["generator.b"].numpy()[0] > -48.0
+    assert [c.num_examples for c in strategy.rounds[-1].clients] == claims  # clients.csv shows the claims
+
+
+def test_capped_weights_by_hand():
+    from strategies.aggregation import capped_weights
+
+    assert capped_weights([10, 20, 30, 40, 10**9], 3.0) == [10, 20, 30, 40, 90]
+    assert capped_weights([172, 181, 184], 3.0) == [172, 181, 184]  # honest speaker partitions: untouched
+    assert capped_weights([7, 7, 7, 10**9], 1.0) == [7, 7, 7, 7]
+    assert capped_weights([], 2.0) == []

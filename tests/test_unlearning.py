@@ -85,9 +85,9 @@ def test_the_adversary_stays_on_the_client(task_identity, dp_unit):
     adversary = context.state[handlers.ADVERSARY_STATE_KEY]
     assert adversary.keys() and not set(adversary.keys()) & set(reply.content["arrays"])
     metrics = reply.content["metrics"]
-    assert metrics["loss-speaker-adv"] > 0
+    assert "loss-speaker-adv" not in metrics  # computed from the client's speakers and audio/video
     if dp_unit == "utterance":
-        assert metrics["epsilon-rdp"] > 0 and metrics["epsilon-prv"] > 0 and metrics["wdp-loss"] > 0
+        assert metrics["epsilon-rdp"] > 0 and metrics["epsilon-prv"] > 0 and "wdp-loss" not in metrics
         assert handlers.LEDGER_STATE_KEY in context.state
     else:
         assert "epsilon-rdp" not in metrics

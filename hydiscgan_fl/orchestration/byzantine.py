@@ -3,10 +3,12 @@
     hydiscgan byzantine --num-clients 8 --byzantine 2 --out DIR
 
 For every rule (default fedavg, fedmedian, fedtrimmedavg, krum) one clean run and one run per attack
-mode (default scale: -10 x the update; random: random weights), each a real `flwr run` on a managed
-local SuperLink (Ray simulation) with the speaker partition. The clients with partition-id 0..B-1 attack
-in every round (G in stage 1, G and M in stage 2). The robust rules are told B: fedtrimmedavg cuts
-B/N of the values at each end of every coordinate (trimmed-beta = B/N), krum assumes B malicious nodes.
+mode (default all three: scale, -10 x the update; random, random weights; inflate, -10 x the update and
+a claimed num-examples of 10^9, which the server caps at `max-examples-ratio` x the median claim), each
+a real `flwr run` on a managed local SuperLink (Ray simulation) with the speaker partition. The clients
+with partition-id 0..B-1 attack in every round (G in stage 1, G and M in stage 2). The robust rules are
+told B: fedtrimmedavg cuts B/N of the values at each end of every coordinate (trimmed-beta = B/N), krum
+assumes B malicious nodes.
 Writes DIR/byzantine.csv (one row per run; rows already there are skipped, so an interrupted benchmark
 resumes) and DIR/byzantine.md (final test Acc-2 per rule and attack, and its change from the clean run).
 """
@@ -27,7 +29,7 @@ from hydiscgan_fl.orchestration.schedule import add_schedule_arguments, schedule
 from hydiscgan_fl.run_files import load_summary
 
 RULES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
-MODES = ("scale", "random")
+MODES = ("scale", "random", "inflate")
 COLUMNS = ("rule", "attack", "acc2", "f1", "replies_ok", "wall_s", "run_dir")
 
 

@@ -31,13 +31,14 @@ features are standardised per speaker before training (statistics over the speak
 so strictly the bound is for the standardised features given those per-speaker statistics; for the raw
 features one utterance also shifts its speaker's statistics (group privacy over that speaker's
 utterances would cover it). The speaker unit, whose record is a whole client, has no such caveat.
-The noise is drawn from an unpredictable seed (not the run seed), without Opacus's ``secure_mode``
-(which needs torchcsprng), so floating-point attacks on the noise are not ruled out.
+The Poisson batches and the noise are drawn from secret generators (`privacy.secret_rng`: seeded from
+the OS, never from the run seed, which the server knows): amplification by subsampling needs a secret
+sample. Opacus's ``secure_mode`` (which needs torchcsprng) is not used, so floating-point attacks on the
+noise are not ruled out.
 """
 
 from __future__ import annotations
 
-import secrets
 import warnings
 from types import TracebackType
 
@@ -48,6 +49,7 @@ from torch import nn
 
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.privacy.ledger import PrivacyLedger
+from hydiscgan_fl.privacy.secret_rng import secret_torch_generator
 
 
 class UtteranceDP:
@@ -65,6 +67,7 @@ class UtteranceDP:
         self.batches_per_epoch = max(1, round(num_rows / cfg.batch_size))
         self.sample_rate = 1.0 / self.batches_per_epoch
         self.ledger = ledger
+        self._sampler = secret_torch_generator()  # the Poisson batches: secret, so that subsampling amplifies
         self._wrapped: list[tuple[DPOptimizer, GradSampleModule]] = []
         self._warnings = warnings.catch_warnings()
 
@@ -94,7 +97,7 @@ class UtteranceDP:
             max_grad_norm=self.clip_norm,
             expected_batch_size=self.sample_rate * self.num_rows,
             loss_reduction="mean",
-            generator=torch.Generator(device=device).manual_seed(secrets.randbits(63)),
+            generator=secret_torch_generator(device),
         )
         optimizer.attach_step_hook(self._account)
         self._wrapped.append((optimizer, wrapped))
@@ -109,9 +112,10 @@ class UtteranceDP:
             else:
                 module.disable_hooks()
 
-    def epoch(self, generator: torch.Generator) -> list[torch.Tensor]:
-        """One epoch of Poisson batches: each utterance in each batch with probability q, independently."""
-        return [torch.nonzero(torch.rand(self.num_rows, generator=generator) < self.sample_rate).flatten()
+    def epoch(self) -> list[torch.Tensor]:
+        """One epoch of Poisson batches: each utterance in each batch with probability q, independently,
+        drawn from this round's secret generator."""
+        return [torch.nonzero(torch.rand(self.num_rows, generator=self._sampler) < self.sample_rate).flatten()
                 for _ in range(self.batches_per_epoch)]
 
     def noise_only_step(self, optimizer: DPOptimizer) -> None:

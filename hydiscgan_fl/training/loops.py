@@ -51,7 +51,8 @@ def local_alignment(
 
     `adversary`, with `speakers` (the local speaker id of every row of `data`), adds adversarial identity
     unlearning to G's step. Under utterance-level DP (dp-unit "utterance") both steps are DP-SGD steps,
-    each on its own Poisson batch, recorded in `ledger`.
+    each on its own Poisson batch, recorded in `ledger`; the batches and the noise are then secret
+    (`privacy.secret_rng`), so only a run without DP is a function of `seed`.
     """
     rng = _seeded(seed)
     device = data.text.device
@@ -81,8 +82,8 @@ def local_alignment(
         for _ in range(epochs):
             if dp is None:  # both steps on the same shuffled minibatch
                 pairs = [(index, index) for index in minibatches(len(data), cfg.batch_size, rng)]
-            else:  # each DP step on its own Poisson batch
-                pairs = list(zip(dp.epoch(rng), dp.epoch(rng)))
+            else:  # each DP step on its own Poisson batch, secret (not from `seed`)
+                pairs = list(zip(dp.epoch(), dp.epoch()))
             for d_index, g_index in pairs:
                 noise = shared.generator.sample_noise(len(d_index), rng).to(device)
                 if dp is not None:
