@@ -102,6 +102,11 @@ class HyDiscGANConfig(BaseModel):
     dp_delta: float = Field(1e-5, gt=0.0, lt=1.0)
     adv_lambda: float = Field(0.0, ge=0.0)
 
+    # Model selection [valid-fraction]: this fraction of the training speakers (seeded by `seed`) are
+    # validation speakers, on no client; the reported round is the best on them (data with its own
+    # "valid" split, MMSA's, keeps it).
+    valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+
     @field_validator("dataset")
     @classmethod
     def _dataset_form(cls, value: str) -> str:
@@ -196,11 +201,14 @@ class HyDiscGANConfig(BaseModel):
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir) if self.data_dir else project_root() / "data"
 
-    def load_dataset(self) -> MultimodalDataset:
-        """The run's dataset. data-dir is resolved only for the spec that reads it (mosi-bclstm), so a
-        deployed server reading `partitions:<dir>` needs no project checkout."""
+    def load_dataset(self, text_only: bool = False) -> MultimodalDataset:
+        """The run's dataset, validation speakers carved out of the training ones (valid-fraction);
+        ``text_only``: the server's view, read without touching audio/video (hydiscgan_fl.data).
+        data-dir is resolved only for the spec that reads it (mosi-bclstm), so a deployed server
+        reading `partitions:<dir>` needs no project checkout."""
         data_dir = self.resolved_data_dir() if self.dataset == "mosi-bclstm" else None
-        return load_dataset(self.dataset, data_dir, self.seed)
+        return load_dataset(self.dataset, data_dir, self.seed, valid_fraction=self.valid_fraction,
+                            text_only=text_only)
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else project_root() / "runs"
