@@ -338,14 +338,14 @@ class ValidationSelection:
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
     """n, mean, sample std (ddof=1) and the two-sided Student-t interval of the mean of ``values``:
     ``mean -/+ t_{(1+confidence)/2, n-1} * std / sqrt(n)``. NaN values are dropped; with one value the
-    std and the interval are NaN (nothing can be said about the spread)."""
+    std and the interval are NaN (nothing can be said about the spread), as with an infinite value."""
     x = np.asarray([v for v in values if not math.isnan(float(v))], dtype=np.float64)
     n = int(x.size)
     if n == 0:
         return {"n": 0, "mean": math.nan, "std": math.nan, "low": math.nan, "high": math.nan}
     mean = float(x.mean())
-    if n == 1:
-        return {"n": 1, "mean": mean, "std": math.nan, "low": math.nan, "high": math.nan}
+    if n == 1 or not np.all(np.isfinite(x)):  # one value, or an infinite one (epsilon without DP): no spread
+        return {"n": n, "mean": mean, "std": math.nan, "low": math.nan, "high": math.nan}
     std = float(x.std(ddof=1))
     half = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1)) * std / math.sqrt(n)
     return {"n": n, "mean": mean, "std": std, "low": mean - half, "high": mean + half}
