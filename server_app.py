@@ -56,8 +56,12 @@ def main(grid: Grid, context: Context) -> None:
     num_clients = max((r.sent for r in strategy.rounds), default=0)
     summary = server.finish(result.arrays.to_torch_state_dict(), num_clients, strategy.privacy)
     inputs = "real audio/visual inputs" if cfg.method == "fedavg-multimodal" else "text-only inputs"
-    print(f"final test metrics ({inputs}): "
-          + ", ".join(f"{k}={summary[k]:.4f}" for k in summary if k in ("acc2", "f1", "mae", "corr")))
-    print("text-only baseline: "
-          + ", ".join(f"{k}={summary[k]:.4f}" for k in summary if k in ("text_only_acc2", "text_only_f1")))
+    shown = ("acc2", "f1", "mae", "corr")
+    if "selected_round" in summary:
+        print(f"test metrics at round {summary['selected_round']}, the best on validation by "
+              f"{summary['selection_metric']} ({inputs}): " + ", ".join(f"{k}={summary[k]:.4f}" for k in shown if k in summary))
+    print(f"test metrics at the last round {summary['last_round']}: "
+          + ", ".join(f"{k}={summary['last_' + k]:.4f}" for k in shown if "last_" + k in summary))
+    print(f"text-only baseline (epoch {summary['text_only_selected_epoch']}, selected on validation): "
+          + ", ".join(f"{k}={summary['text_only_' + k]:.4f}" for k in shown if "text_only_" + k in summary))
     print(f"run directory: {server.run_dir.path}")

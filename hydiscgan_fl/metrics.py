@@ -24,14 +24,24 @@ margin and is kept on purpose.
 MMSA rounds every returned value to 4 decimals for display. The functions here
 return full-precision Python floats; round when printing.
 
-This module depends on numpy only.
+Model selection and reporting (:class:`ValidationSelection`, :func:`mean_interval`,
+:func:`paired_difference`): the reported round or epoch is the best on the validation speakers by
+:data:`SELECTION_METRIC` (Acc-2 for binary labels, the higher the better; MAE for continuous labels,
+the lower the better, the primary metric of MMSA's regression setting); the test metrics of that step
+are reported. Over seeds: mean, sample std, and a two-sided 95% Student-t interval of the mean.
+
+This module depends on numpy and scipy (the t quantile) only.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 __all__ = [
     "weighted_f1",
@@ -39,6 +49,11 @@ __all__ = [
     "binary_metrics",
     "ccc",
     "summary_metrics",
+    "SELECTION_METRIC",
+    "ValidationSelection",
+    "mean_interval",
+    "paired_difference",
+    "HIGHER_IS_BETTER",
 ]
 
 
@@ -281,3 +296,66 @@ def summary_metrics(preds: Any, labels: Any, label_kind: str) -> dict[str, float
         out["f1"] = out["f1_non0"]
         return out
     raise ValueError(f"label_kind must be 'binary' or 'regression', got {label_kind!r}")
+
+
+# ---------------------------------------------------------------------------
+# model selection on validation, intervals over seeds
+# ---------------------------------------------------------------------------
+# label kind -> (metric, +1 when higher is better / -1 when lower is better)
+SELECTION_METRIC: dict[str, tuple[str, int]] = {"binary": ("acc2", 1), "regression": ("mae", -1)}
+# Direction of every reported metric, for reading paired differences (mae: lower is better).
+HIGHER_IS_BETTER = {"mae": False}
+
+
+@dataclass
+class ValidationSelection:
+    """The best step (round or epoch) so far by the validation metric of ``label_kind``.
+
+    ``offer(step, valid, test)`` keeps the step when its validation metric is strictly better than the
+    kept one's (so on ties the earliest step stays); a NaN or missing metric is never selected.
+    """
+
+    label_kind: str
+    step: int | None = None
+    valid: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def metric(self) -> str:
+        return SELECTION_METRIC[self.label_kind][0]
+
+    def offer(self, step: int, valid: Mapping[str, float], test: Mapping[str, float]) -> bool:
+        name, sign = SELECTION_METRIC[self.label_kind]
+        value = float(valid.get(name, math.nan))
+        if math.isnan(value):
+            return False
+        if self.step is not None and not sign * value > sign * self.valid[name]:
+            return False
+        self.step, self.valid, self.test = int(step), dict(valid), dict(test)
+        return True
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """n, mean, sample std (ddof=1) and the two-sided Student-t interval of the mean of ``values``:
+    ``mean -/+ t_{(1+confidence)/2, n-1} * std / sqrt(n)``. NaN values are dropped; with one value the
+    std and the interval are NaN (nothing can be said about the spread), as with an infinite value."""
+    x = np.asarray([v for v in values if not math.isnan(float(v))], dtype=np.float64)
+    n = int(x.size)
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "std": math.nan, "low": math.nan, "high": math.nan}
+    mean = float(x.mean())
+    if n == 1 or not np.all(np.isfinite(x)):  # one value, or an infinite one (epsilon without DP): no spread
+        return {"n": n, "mean": mean, "std": math.nan, "low": math.nan, "high": math.nan}
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1)) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "low": mean - half, "high": mean + half}
+
+
+def paired_difference(method: Mapping[int, float], reference: Mapping[int, float],
+                      confidence: float = 0.95) -> dict[str, Any]:
+    """``method - reference`` over the seeds both have (paired by seed), with :func:`mean_interval` of
+    the differences and ``excludes_zero``: whether the interval lies entirely on one side of 0."""
+    seeds = sorted(set(method) & set(reference))
+    summary: dict[str, Any] = mean_interval([float(method[s]) - float(reference[s]) for s in seeds], confidence)
+    summary["excludes_zero"] = bool(summary["low"] > 0 or summary["high"] < 0)
+    return summary

@@ -1,9 +1,17 @@
 """What the server does around the federated rounds, without Flower: data, evaluation, reports.
 
-HyDiscGAN's server holds the shareable part only: text and labels of the training and test utterances.
-Audio and visual features are dropped as soon as the dataset is read, so no server code can use them.
-The one exception is the privacy-violating fedavg-multimodal baseline (method "fedavg-multimodal"),
-whose M(t, a, v) needs real audio/visual at test time: its server also keeps the test split's.
+HyDiscGAN's server holds the shareable part only: text and labels of the training, validation and test
+utterances. It loads the text-only view of the dataset (`cfg.load_dataset(text_only=True)`), whose loader
+opens no audio or video file (see hydiscgan_fl.data for what each dataset spec reads), so no audio or
+visual array ever exists in the ServerApp process. The one exception is the privacy-VIOLATING
+fedavg-multimodal baseline (method "fedavg-multimodal"): its M(t, a, v) is selected and tested on real
+audio/visual, so its server loads every modality and keeps those of the validation and test splits.
+
+Model selection: after every round the server evaluates on the validation speakers (carved from the
+training speakers, on no client; valid-fraction) and on the test speakers, and writes both to
+metrics.csv. The reported round is the best on validation (hydiscgan_fl.metrics.SELECTION_METRIC);
+summary.json gives the test metrics at that round (and, labelled last_*, at the last round), and
+checkpoint.pt holds that round's G and M. The text-only baseline selects its epoch the same way.
 
 Every round the server saves its state (state.pt, see `save_state`); with `resume-from` a new run
 starts from the state of a previous run directory and continues its rounds (docs/aggregation.md).
@@ -21,7 +29,7 @@ import torch
 
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
-from hydiscgan_fl.metrics import summary_metrics
+from hydiscgan_fl.metrics import ValidationSelection, summary_metrics
 from hydiscgan_fl.models import build_shared_models
 from hydiscgan_fl.run_files import RunDirectory, load_state
 from hydiscgan_fl.training import (
@@ -54,24 +62,32 @@ class ServerRun:
         self.cfg = cfg
         self.started = time.time()
         self.device = pick_device()
-        dataset = cfg.load_dataset()
-        # A server view (dataset "partitions:<dir>") holds no audio/visual columns; it carries the clients' widths.
+        multimodal = cfg.method == "fedavg-multimodal"  # the privacy-violating baseline: all modalities
+        dataset = cfg.load_dataset(text_only=not multimodal)
+        # The text-only view holds no audio/visual columns; it carries the clients' widths.
         self.dims = dict(getattr(dataset, "feature_dims", None) or dataset.dims)
         self.label_kind = dataset.label_kind
-        self.num_train_speakers = len(set(dataset.split_subset("train").speakers))
         self.train_ids = dataset.split_subset("train").ids.tolist()  # shareable metadata, checked by the clients
         self.train = self._text_split(dataset, "train")
+        self.valid = self._text_split(dataset, "valid")
         self.test = self._text_split(dataset, "test")
-        self.test_multimodal = self._multimodal_test_split(dataset) if cfg.method == "fedavg-multimodal" else None
-        del dataset  # audio and visual stop here (HyDiscGAN's server is text-only: test_multimodal is None)
+        self.valid_multimodal = self._multimodal_split(dataset, "valid") if multimodal else None
+        self.test_multimodal = self._multimodal_split(dataset, "test") if multimodal else None
+        del dataset
         self.last_round = min(cfg.stop_after_round or cfg.total_rounds, cfg.total_rounds)  # of this Flower run
         self.resumed = self._resumed_state() if cfg.resume_from else None
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(cfg.dataset).stem}-seed{cfg.seed}{run_name}")
         self.run_dir = RunDirectory(cfg.resolved_output_dir(), name)
         self.run_dir.write_json("config.json", cfg.to_run_config())
-        self.last_metrics: dict[str, float] = {}
+        # The best round on validation so far, and its G and M (what checkpoint.pt will hold).
+        self.selection = ValidationSelection(self.label_kind)
+        self.selected_state: dict[str, torch.Tensor] | None = None
         if self.resumed:
             self.run_dir.restore_rows(self.resumed["metrics_rows"], self.resumed["client_rows"])
+            if self.resumed.get("selected"):
+                saved = self.resumed["selected"]
+                self.selection = ValidationSelection(self.label_kind, saved["round"], saved["valid"], saved["test"])
+                self.selected_state = dict(saved["arrays"])
         # The name under which clients save their private state: the first run's, kept across resumes.
         self.lineage = self.resumed["lineage"] if self.resumed else self.run_dir.path.name
 
@@ -95,7 +111,8 @@ class ServerRun:
 
     def save_state(self, server_round: int, state: dict[str, torch.Tensor], strategy_state: dict[str, Any]) -> None:
         """state.pt after `server_round`: global G and M, the strategy's state (rules, sampler RNG), the
-        rows so far, the config and the clients' state name. Clients' RNGs derive from seed and round."""
+        rows so far, the config, the clients' state name and the validation-selected round with its G and M.
+        Clients' RNGs derive from seed and round."""
         self.run_dir.save_state({
             "round": server_round,
             "stage": self.cfg.stage_of_round(server_round),
@@ -103,6 +120,9 @@ class ServerRun:
             "config": self.cfg.to_run_config(),
             "arrays": {key: value.detach().cpu() for key, value in state.items()},
             "strategy": strategy_state,
+            "selected": None if self.selection.step is None else {
+                "round": self.selection.step, "valid": self.selection.valid, "test": self.selection.test,
+                "arrays": self.selected_state},
         })
 
     def _text_split(self, dataset, split: str) -> TextSplit:
@@ -110,11 +130,11 @@ class ServerRun:
         as_tensor = lambda a: torch.tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
         return TextSplit(as_tensor(part.text), as_tensor(part.labels))
 
-    def _multimodal_test_split(self, dataset) -> UtteranceTensors:
-        """Real (per-speaker standardised) test audio/visual: for the fedavg-multimodal baseline only."""
-        part = dataset.split_subset("test")
+    def _multimodal_split(self, dataset, split: str) -> UtteranceTensors:
+        """Real (per-speaker standardised) audio/visual of a split: for the fedavg-multimodal baseline only."""
+        part = dataset.split_subset(split)
         if not (part.dims["audio"] and part.dims["visual"]):
-            raise DataError(f"method fedavg-multimodal evaluates on real test audio/visual, which dataset "
+            raise DataError(f"method fedavg-multimodal evaluates on real {split} audio/visual, which dataset "
                             f"{self.cfg.dataset!r} does not hold on the server")
         return to_tensors(part, self.device)
 
@@ -127,44 +147,69 @@ class ServerRun:
             return {key: value for key, value in state.items() if key.startswith("msa.")}
         return state
 
-    def evaluate(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Test metrics on the held-out speakers: y_hat = M(t, G(t, 0)) from text only for HyDiscGAN;
-        y_hat = M(t, a, v) on real test audio/visual for the fedavg-multimodal baseline.
+    def evaluate(self, state: dict[str, torch.Tensor], split: str = "test") -> dict[str, float]:
+        """Metrics on the held-out speakers of `split` ("valid" or "test"): y_hat = M(t, G(t, 0)) from text
+        only for HyDiscGAN; y_hat = M(t, a, v) on real audio/visual for the fedavg-multimodal baseline.
 
         With a personalised ("local") component the server holds no model that clients use (its copy is
-        the last global one, never trained further): it reports no test metrics rather than wrong ones."""
+        the last global one, never trained further): it reports no metrics rather than wrong ones."""
         if self.cfg.local_components:
             return {}
+        text = {"valid": self.valid, "test": self.test}[split]
         shared = build_shared_models(self.dims, self.cfg, self.cfg.seed).to(self.device)
         if self.test_multimodal is None:
             shared.load_state_dict(state)
-            preds = predict(shared, self.test.text, self.label_kind)
+            preds = predict(shared, text.text, self.label_kind)
         else:
+            real = {"valid": self.valid_multimodal, "test": self.test_multimodal}[split]
             shared.msa.load_state_dict({key.removeprefix("msa."): value for key, value in state.items()})
-            preds = predict_multimodal(shared.msa, self.test_multimodal, self.label_kind)
-        return summary_metrics(preds, self.test.labels.cpu().numpy(), self.label_kind)
+            preds = predict_multimodal(shared.msa, real, self.label_kind)
+        return summary_metrics(preds, text.labels.cpu().numpy(), self.label_kind)
 
     def record_round(self, round_row: dict[str, Any], clients: list[Any], state: dict[str, torch.Tensor],
                      round_started: float) -> dict[str, float]:
-        metrics = self.evaluate(state)
-        self.last_metrics = metrics
+        """Evaluate on validation and test, keep the round if it is the best on validation, write its row.
+        Returns the test metrics and, prefixed valid_, the validation ones."""
+        valid, test = self.evaluate(state, "valid"), self.evaluate(state, "test")
         row = {"stage": round_row.pop("stage"), "round": round_row.pop("round")}
-        row.update({f"test_{key}": value for key, value in metrics.items()})
+        if self.selection.offer(row["round"], valid, test):
+            self.selected_state = {key: value.detach().cpu().clone() for key, value in state.items()}
+        row.update({f"valid_{key}": value for key, value in valid.items()})
+        row.update({f"test_{key}": value for key, value in test.items()})
+        if self.selection.step is not None:
+            row["selected_round"] = self.selection.step
         row.update({key.replace("-", "_"): value for key, value in round_row.items()})
         row["wall_s"] = time.time() - round_started
         self.run_dir.add_round(row, clients)
-        return metrics
+        return {**test, **{f"valid_{key}": value for key, value in valid.items()}}
 
-    def text_only_baseline(self) -> dict[str, float]:
-        """A text-only model with M's family, optimiser and epoch budget (rounds-msa x local-epochs)."""
+    def text_only_baseline(self) -> dict[str, Any]:
+        """A text-only model with M's family, optimiser and epoch budget (rounds-msa x local-epochs), its
+        epoch selected on validation: the test metrics at that epoch, `selected_epoch`, the validation
+        metrics there (valid_*) and the test metrics after the last epoch (last_*)."""
         epochs = self.cfg.rounds_msa * self.cfg.local_epochs
-        model = train_text_only(self.train.text, self.train.labels, self.label_kind, self.cfg, epochs, self.cfg.seed)
-        preds = predict_text_only(model, self.test.text, self.label_kind)
-        return summary_metrics(preds, self.test.labels.cpu().numpy(), self.label_kind)
+        selection = ValidationSelection(self.label_kind)
+
+        def metrics(model: torch.nn.Module, split: TextSplit) -> dict[str, float]:
+            preds = predict_text_only(model, split.text, self.label_kind)
+            return summary_metrics(preds, split.labels.cpu().numpy(), self.label_kind)
+
+        def on_epoch(epoch: int, model: torch.nn.Module) -> None:
+            selection.offer(epoch, metrics(model, self.valid), metrics(model, self.test))
+
+        model = train_text_only(self.train.text, self.train.labels, self.label_kind, self.cfg, epochs, self.cfg.seed,
+                                on_epoch=on_epoch)
+        return {**selection.test, "selected_epoch": selection.step,
+                **{f"valid_{key}": value for key, value in selection.valid.items()},
+                **{f"last_{key}": value for key, value in metrics(model, self.test).items()}}
 
     def finish(self, state: dict[str, torch.Tensor], num_clients: int, extra: dict[str, Any]) -> dict[str, Any]:
-        """Write summary.json and checkpoint.pt; return the summary."""
-        final = self.evaluate(state)
+        """Write summary.json and checkpoint.pt (the validation-selected round's G and M); return the summary.
+
+        Unprefixed metrics are the test metrics at `selected_round`, the best round on validation by
+        `selection_metric`; valid_* are that round's validation metrics; last_* the test metrics at
+        `last_round`; text_only_* the same for the text-only baseline (its `text_only_selected_epoch`)."""
+        last = self.evaluate(state, "test")
         baseline = self.text_only_baseline()
         summary: dict[str, Any] = {
             "dataset": self.cfg.dataset,
@@ -172,19 +217,26 @@ class ServerRun:
             "num_clients": num_clients,
             "rounds_align": self.cfg.rounds_align,
             "rounds_msa": self.cfg.rounds_msa,
-            **final,
+            "selection_metric": f"valid_{self.selection.metric}",
+            "last_round": self.last_round,
+            **{f"last_{key}": value for key, value in last.items()},
             **{f"text_only_{key}": value for key, value in baseline.items()},
             "wall_s": time.time() - self.started,
             **extra,
         }
+        if self.selection.step is not None:
+            summary.update({**self.selection.test, "selected_round": self.selection.step,
+                            **{f"valid_{key}": value for key, value in self.selection.valid.items()}})
         if self.cfg.local_components:
             summary["personalised"] = (f"{', '.join(self.cfg.local_components)} stayed on the clients: no test metrics, "
                                        "the server holds no model the clients use (docs/aggregation.md)")
         self.run_dir.write_json("summary.json", summary)
-        cpu_state = {key: value.detach().cpu() for key, value in state.items()}
+        selected = self.selected_state if self.selected_state is not None else state
+        cpu_state = {key: value.detach().cpu() for key, value in selected.items()}
         self.run_dir.save_checkpoint({
             "generator": {k.removeprefix("generator."): v for k, v in cpu_state.items() if k.startswith("generator.")},
             "msa": {k.removeprefix("msa."): v for k, v in cpu_state.items() if k.startswith("msa.")},
+            "round": self.selection.step if self.selected_state is not None else self.last_round,
             "dims": dict(self.dims),
             "config": self.cfg.to_run_config(),
         })

@@ -20,6 +20,7 @@ from hydiscgan_fl.models import build_shared_models
 from hydiscgan_fl.run_files import load_state, load_summary
 from strategies import RULE_NAMES, HyDiscGANStrategy, make_rule
 from tests.grids import StaticGrid
+from tests.sanity import above_chance
 
 CURRENT = np.zeros(4, dtype=np.float32)
 CLIENT_VALUES = [1.0, 2.0, 3.0, 100.0]  # the last client is an outlier
@@ -121,7 +122,7 @@ def test_byzantine_clients_break_fedavg_but_not_the_robust_rules(tmp_path):
         run = run_in_process({**BYZANTINE_RUN, **extra, "output-dir": str(tmp_path)}, num_nodes=8)
         acc[label] = load_summary(run.run_dir)["acc2"]
     clean = acc.pop("clean fedavg")
-    assert clean > 0.7, acc
+    assert clean > above_chance(HyDiscGANConfig().load_dataset().split_subset("test").labels), acc
     assert acc.pop("fedavg") < clean - 0.2, acc  # collapses
     for rule, value in acc.items():
         assert abs(value - clean) <= 0.02, (rule, value, clean)

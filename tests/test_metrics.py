@@ -7,6 +7,9 @@ import pytest
 
 
 from hydiscgan_fl.metrics import (
+    ValidationSelection,
+    mean_interval,
+    paired_difference,
     binary_metrics,
     ccc,
     msa_metrics,
@@ -203,3 +206,47 @@ def test_bad_input(preds, labels, match):
     for fn in (msa_metrics, ccc):
         with pytest.raises(ValueError, match=match):
             fn(preds, labels)
+
+
+# ---------------------------------------------------------------------------
+# selection on validation, intervals over seeds
+# ---------------------------------------------------------------------------
+def test_mean_interval_by_hand():
+    # 1..5: mean 3, sample std sqrt(2.5) = 1.581139, t_{0.975, 4} = 2.776445,
+    # half width = 2.776445 * 1.581139 / sqrt(5) = 1.963243.
+    out = mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert out["n"] == 5 and out["mean"] == pytest.approx(3.0)
+    assert out["std"] == pytest.approx(1.581139, abs=1e-6)
+    assert out["low"] == pytest.approx(3.0 - 1.963243, abs=1e-6)
+    assert out["high"] == pytest.approx(3.0 + 1.963243, abs=1e-6)
+    one = mean_interval([0.7])
+    assert one["mean"] == 0.7 and math.isnan(one["std"]) and math.isnan(one["low"])
+    assert mean_interval([0.5, float("nan"), 0.7])["n"] == 2
+
+
+def test_paired_difference_by_hand():
+    # differences by seed: 0.02, 0.03, 0.01 (seed 3 only in one method, dropped): mean 0.02, std 0.01,
+    # t_{0.975, 2} = 4.302653, half width = 4.302653 * 0.01 / sqrt(3) = 0.024841.
+    method = {0: 0.72, 1: 0.73, 2: 0.71, 3: 0.99}
+    reference = {0: 0.70, 1: 0.70, 2: 0.70}
+    out = paired_difference(method, reference)
+    assert out["n"] == 3 and out["mean"] == pytest.approx(0.02)
+    assert out["low"] == pytest.approx(0.02 - 0.024841, abs=1e-6)
+    assert out["high"] == pytest.approx(0.02 + 0.024841, abs=1e-6)
+    assert not out["excludes_zero"]  # the interval (-0.0048, 0.0448) contains zero: not "better"
+    shifted = paired_difference({s: v + 0.01 for s, v in method.items()}, reference)
+    assert shifted["low"] > 0 and shifted["excludes_zero"]
+
+
+def test_validation_selection_direction_ties_and_nan():
+    binary = ValidationSelection("binary")
+    assert binary.offer(1, {"acc2": 0.6}, {"acc2": 0.9})
+    assert not binary.offer(2, {"acc2": 0.6}, {"acc2": 0.1})  # a tie keeps the earlier step
+    assert binary.offer(3, {"acc2": 0.7}, {"acc2": 0.5})
+    assert not binary.offer(4, {"acc2": float("nan")}, {"acc2": 1.0})
+    assert (binary.step, binary.test) == (3, {"acc2": 0.5}) and binary.metric == "acc2"
+    regression = ValidationSelection("regression")
+    regression.offer(1, {"mae": 1.0}, {"mae": 1.1})
+    regression.offer(2, {"mae": 0.8}, {"mae": 0.9})
+    regression.offer(3, {"mae": 0.9}, {"mae": 0.5})  # lower MAE is better: round 2 stays
+    assert (regression.step, regression.metric) == (2, "mae")

@@ -137,3 +137,16 @@ def test_mmsa_corrupt_and_absent_files(tmp_path: Path, mmsa_payload: dict) -> No
         load_mmsa_pickle(truncated)
     with pytest.raises(DataError, match="missing MMSA pickle"):
         load_mmsa_pickle(tmp_path / "absent.pkl")
+
+
+def test_mmsa_text_only_view_keeps_the_own_valid_split_and_no_audio_visual(tmp_path: Path, mmsa_payload: dict) -> None:
+    # One pickle holds every modality: its bytes are read in full, but audio/vision are neither averaged
+    # nor kept; the server's view has their widths only, and MMSA's own valid split is used as is.
+    path = _write(tmp_path / "unaligned.pkl", mmsa_payload)
+    full = load_mmsa_pickle(path)
+    view = load_dataset(f"mmsa:{path}", None, 3, valid_fraction=0.1, text_only=True)
+    assert view.feature_dims == full.dims == {"text": 4, "audio": 3, "visual": 2}
+    assert view.audio.shape == (9, 0) and view.visual.shape == (9, 0)
+    np.testing.assert_array_equal(view.text, full.text)
+    np.testing.assert_array_equal(view.split, full.split)  # no speaker moved: the file's valid split
+    assert (view.split == "valid").sum() == 2

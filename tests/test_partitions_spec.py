@@ -18,6 +18,7 @@ from hydiscgan_fl.data import (
     load_server_view,
     make_synthetic,
     save_partition,
+    with_validation_speakers,
     write_partitions,
 )
 from hydiscgan_fl.orchestration.cli import main as hydiscgan
@@ -31,7 +32,7 @@ def synthetic() -> MultimodalDataset:
 
 @pytest.fixture
 def parts_dir(tmp_path: Path, synthetic: MultimodalDataset) -> Path:
-    write_partitions(synthetic, 3, "speaker", 0, tmp_path / "parts")
+    write_partitions(with_validation_speakers(synthetic, 0.1, 0), 3, "speaker", 0, tmp_path / "parts")
     return tmp_path / "parts"
 
 
@@ -61,6 +62,13 @@ def test_partitions_spec_loads_the_server_view(parts_dir: Path, synthetic: Multi
         load_dataset("partitions:relative/dir", None)
     with pytest.raises(DataError, match="missing partition file"):
         load_dataset(f"partitions:{parts_dir / 'nowhere'}", None)
+
+
+def test_a_server_file_without_validation_split_is_refused_when_a_run_needs_one(tmp_path: Path,
+                                                                               synthetic: MultimodalDataset) -> None:
+    write_partitions(synthetic, 2, "speaker", 0, tmp_path / "old")  # written before validation speakers existed
+    with pytest.raises(DataError, match=r"old/server.npz: no validation split"):
+        load_dataset(f"partitions:{tmp_path / 'old'}", None, valid_fraction=0.1)
 
 
 def test_server_file_without_widths_is_refused(tmp_path: Path, synthetic: MultimodalDataset) -> None:
@@ -108,11 +116,17 @@ def test_partition_command_writes_the_files(tmp_path: Path, capsys: pytest.Captu
                       "--seed", "3", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["partition-0.npz", "partition-1.npz", "server.npz"]
     printed = capsys.readouterr().out
-    assert f"partitions:{out.resolve()}" in printed
+    assert f"partitions:{out.resolve()}" in printed and "valid " in printed
     synthetic = make_synthetic(seed=3)
-    rows = sum(len(load_partition(out / f"partition-{i}.npz")) for i in range(2))
-    assert rows == int((synthetic.split == "train").sum())
-    assert load_server_view(out / "server.npz").feature_dims == synthetic.dims
+    clients = [load_partition(out / f"partition-{i}.npz") for i in range(2)]
+    server = load_server_view(out / "server.npz")
+    assert server.feature_dims == synthetic.dims
+    # The server file carries the validation split (10% of the training speakers); no client holds it.
+    valid_speakers = set(server.speakers[server.split == "valid"].tolist())
+    train_speakers = set(synthetic.speakers[synthetic.split == "train"].tolist())
+    assert len(valid_speakers) == round(0.1 * len(train_speakers)) and valid_speakers < train_speakers
+    assert not valid_speakers & {s for c in clients for s in c.speakers.tolist()}
+    assert sum(len(c) for c in clients) + int((server.split == "valid").sum()) == int((synthetic.split == "train").sum())
 
 
 @pytest.mark.parametrize("argv, message", [

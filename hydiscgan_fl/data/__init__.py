@@ -8,6 +8,20 @@ Dataset specs for :func:`load_dataset`:
 - ``"partitions:<absolute dir>"``: the server's view ``<dir>/server.npz`` written by
   :func:`write_partitions` (text and labels only), a :class:`ServerView` whose ``feature_dims``
   gives the clients' real audio/visual widths.
+
+``text_only=True`` loads the server's view (a :class:`ServerView`: text, labels, ids, speakers and split;
+audio/visual of width 0, their real widths in ``feature_dims``). What each spec reads for it:
+
+- "mosi-bclstm": transcripts.csv and text_*.csv only; no audio/video file is opened;
+- "synthetic": the data is generated in full (the generator draws all modalities from one random
+  stream), then audio/visual are dropped before the view is returned and cached. It is nobody's data;
+- "mmsa:<path>": the pickle holds every modality, so its bytes are read and unpickled in full (restricted
+  unpickler); audio/vision are never averaged and are dropped before the function returns;
+- "partitions:<dir>": server.npz, which holds text and labels only (``text_only`` changes nothing).
+
+``valid_fraction`` > 0 carves validation speakers out of the training speakers
+(:func:`with_validation_speakers`, seeded by ``seed``); data with its own "valid" split (MMSA, and a
+server.npz written by :func:`write_partitions`) keeps it.
 """
 
 from __future__ import annotations
@@ -15,17 +29,18 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from .dataset import DataError, MultimodalDataset, standardize_per_speaker
+from .dataset import DataError, MultimodalDataset, ServerView, standardize_per_speaker, with_validation_speakers
 from .mmsa import load_mmsa_pickle
 from .mosi_bclstm import load_mosi_bclstm
 from .partition import partition_indices
-from .partition_files import SERVER_FILE, ServerView, load_partition, load_server_view, save_partition, write_partitions
+from .partition_files import SERVER_FILE, load_partition, load_server_view, save_partition, write_partitions
 from .synthetic import make_synthetic
 
 __all__ = [
     "DataError",
     "MultimodalDataset",
     "standardize_per_speaker",
+    "with_validation_speakers",
     "load_mosi_bclstm",
     "make_synthetic",
     "load_mmsa_pickle",
@@ -43,18 +58,29 @@ DATASET_SPECS = ("mosi-bclstm", "synthetic", "mmsa:<absolute path to .pkl>", "pa
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(spec: str, data_dir: Path | None, seed: int) -> MultimodalDataset:
+def _load_cached(spec: str, data_dir: Path | None, seed: int, valid_fraction: float,
+                 text_only: bool) -> MultimodalDataset:
+    dataset = _read(spec, data_dir, seed, text_only)
+    if spec.startswith("partitions:") and valid_fraction > 0 and not (dataset.split == "valid").any():
+        # Its training speakers are already on the clients: a validation split cannot be carved here.
+        raise DataError(f"{Path(spec[len('partitions:'):]) / SERVER_FILE}: no validation split (split 'valid'); "
+                        "write it again with `hydiscgan partition`")
+    return with_validation_speakers(dataset, valid_fraction, seed)
+
+
+def _read(spec: str, data_dir: Path | None, seed: int, text_only: bool) -> MultimodalDataset:
     if spec == "mosi-bclstm":
         if data_dir is None:
             raise DataError("dataset 'mosi-bclstm' needs the data directory that holds mosi-bclstm/")
-        return load_mosi_bclstm(data_dir / "mosi-bclstm")
+        return load_mosi_bclstm(data_dir / "mosi-bclstm", text_only=text_only)
     if spec == "synthetic":
-        return make_synthetic(seed=seed)
+        full = make_synthetic(seed=seed)
+        return ServerView.of(full) if text_only else full
     if spec.startswith("mmsa:"):
         pkl = Path(spec[len("mmsa:") :])
         if not spec[len("mmsa:") :] or not pkl.is_absolute():
             raise DataError(f"dataset spec {spec!r}: the MMSA pickle path must be absolute, e.g. 'mmsa:/data/mosi/unaligned_50.pkl'")
-        return load_mmsa_pickle(pkl)
+        return load_mmsa_pickle(pkl, text_only=text_only)
     if spec.startswith("partitions:"):
         folder = spec[len("partitions:") :]
         if not folder or not Path(folder).is_absolute():
@@ -63,16 +89,17 @@ def _load_cached(spec: str, data_dir: Path | None, seed: int) -> MultimodalDatas
     raise DataError(f"unknown dataset spec {spec!r}; valid forms: " + ", ".join(repr(s) for s in DATASET_SPECS))
 
 
-def load_dataset(spec: str, data_dir: Path | str | None, seed: int = 0) -> MultimodalDataset:
+def load_dataset(spec: str, data_dir: Path | str | None, seed: int = 0, *, valid_fraction: float = 0.0,
+                 text_only: bool = False) -> MultimodalDataset:
     """Load a dataset by spec (see the module docstring); repeated loads return the cached object.
 
-    ``data_dir`` is only used (and required) by "mosi-bclstm".
-    ``seed`` is only used by "synthetic". Errors (:class:`DataError`) are not cached.
+    ``data_dir`` is only used (and required) by "mosi-bclstm". ``seed`` seeds "synthetic" and the draw of
+    validation speakers. Errors (:class:`DataError`) are not cached.
     """
     if not isinstance(spec, str):
         raise DataError(f"dataset spec must be a string, got {type(spec).__name__}")
     directory = None if data_dir is None or str(data_dir) == "" else Path(data_dir).expanduser().resolve()
-    return _load_cached(spec.strip(), directory, int(seed))
+    return _load_cached(spec.strip(), directory, int(seed), float(valid_fraction), bool(text_only))
 
 
 load_dataset.cache_clear = _load_cached.cache_clear  # type: ignore[attr-defined]

@@ -9,11 +9,13 @@ Copy an array (``np.array(ds.text)`` or ``torch.tensor(ds.text)``) before modify
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["DataError", "MultimodalDataset", "standardize_per_speaker", "SPLITS", "LABEL_KINDS"]
+__all__ = ["DataError", "MultimodalDataset", "ServerView", "standardize_per_speaker", "with_validation_speakers",
+           "SPLITS", "LABEL_KINDS"]
 
 SPLITS = ("train", "valid", "test")
 LABEL_KINDS = ("binary", "regression")
@@ -183,6 +185,68 @@ class MultimodalDataset:
         if not mask.any():
             raise DataError(f"{_where(self.source)}split {split!r} is empty in dataset {self.name!r}")
         return self.subset(mask)
+
+
+@dataclass(frozen=True, eq=False)
+class ServerView(MultimodalDataset):
+    """The server's shareable view (audio/visual of width 0) plus the clients' real feature widths.
+
+    ``feature_dims`` is ``{"text": .., "audio": .., "visual": ..}``; use it instead of ``dims``
+    (which says 0 for audio and visual) when building models. Row subsets are plain datasets.
+    """
+
+    feature_dims: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        dims = {"text": int(self.text.shape[1]), **{k: int(v) for k, v in dict(self.feature_dims).items()}}
+        if set(dims) != {"text", "audio", "visual"} or any(v < 0 for v in dims.values()):
+            raise DataError(f"{self.source or 'server view'}: feature_dims must give audio and visual widths >= 0, "
+                            f"got {self.feature_dims!r}")
+        if dims["text"] != self.text.shape[1]:
+            raise DataError(f"feature_dims text={dims['text']} differs from the text width {self.text.shape[1]}")
+        if self.audio.shape[1] or self.visual.shape[1]:
+            raise DataError(f"{self.source or 'server view'}: a server view holds no audio/visual columns, got "
+                            f"{self.audio.shape[1]} and {self.visual.shape[1]}")
+        object.__setattr__(self, "feature_dims", dims)
+
+    @classmethod
+    def of(cls, dataset: MultimodalDataset, feature_dims: dict | None = None) -> "ServerView":
+        """Text, labels and metadata of ``dataset``; audio/visual replaced by (N, 0) arrays.
+
+        ``feature_dims`` defaults to ``dataset.dims`` (the widths of the arrays being dropped)."""
+        n = len(dataset)
+        empty = np.zeros((n, 0), dtype=np.float32)
+        return cls(name=dataset.name, ids=dataset.ids, speakers=dataset.speakers, text=dataset.text, audio=empty,
+                   visual=empty, labels=dataset.labels, split=dataset.split, label_kind=dataset.label_kind,
+                   source=dataset.source, feature_dims=dict(feature_dims or dataset.dims))
+
+
+# Seeds the draw of validation speakers apart from the partitioners, which use the bare run seed.
+_VALIDATION_STREAM = 0x7A11D
+
+
+def with_validation_speakers(dataset: MultimodalDataset, fraction: float, seed: int) -> MultimodalDataset:
+    """``dataset`` with about ``fraction`` of its training speakers moved to the split "valid".
+
+    A dataset that already has a "valid" split (MMSA's own) is returned unchanged, as is any dataset when
+    ``fraction`` is 0. Otherwise ``max(1, round(fraction * S))`` of the S training speakers (sorted by name,
+    then permuted by a generator seeded with ``(seed, _VALIDATION_STREAM)``) become validation speakers: all
+    their utterances change split, so validation is speaker independent like the test split.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"valid-fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0 or (dataset.split == "valid").any():
+        return dataset
+    train = dataset.split == "train"
+    speakers = np.unique(dataset.speakers[train])
+    count = max(1, round(fraction * len(speakers)))
+    if count >= len(speakers):
+        raise DataError(f"{_where(dataset.source)}valid-fraction {fraction} would leave no training speaker "
+                        f"({len(speakers)} training speakers)")
+    chosen = np.random.default_rng((seed, _VALIDATION_STREAM)).permutation(speakers)[:count]
+    split = np.where(train & np.isin(dataset.speakers, chosen), "valid", dataset.split)
+    return dataclasses.replace(dataset, split=split)
 
 
 def standardize_per_speaker(features: np.ndarray, speakers: np.ndarray, min_std: float = 1e-2) -> np.ndarray:

@@ -10,6 +10,11 @@ As in MMSA, -inf (and here also NaN) audio values are set to 0 before averaging.
 Pickles can execute code when loaded, so the file is read by :class:`RestrictedUnpickler`, which
 only resolves the globals needed to rebuild numpy arrays (dicts, lists, strings and numbers need
 no globals) and refuses everything else with a :class:`DataError`.
+
+``text_only=True`` (the server's loader) still reads and unpickles the whole file, audio and vision
+arrays included, since one pickle holds every modality; it averages and keeps only text, ids and labels,
+and returns a :class:`ServerView` whose ``feature_dims`` are the audio/vision widths. The unpickled
+audio/vision arrays are dropped when the function returns.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import DataError, MultimodalDataset
+from .dataset import DataError, MultimodalDataset, ServerView
 
 __all__ = ["load_mmsa_pickle", "RestrictedUnpickler", "ALLOWED_GLOBALS"]
 
@@ -126,13 +131,21 @@ def _utterance_means(path: Path, split: str, key: str, values: Any, lengths: Any
     return out
 
 
+def _feature_width(path: Path, split: str, key: str, values: Any, rows: int) -> int:
+    """The feature width of (N, steps, features) or (N, features) values, without reading them."""
+    shape = np.shape(values)
+    if len(shape) not in (2, 3) or shape[0] != rows:
+        raise DataError(f"{path}: split '{split}', key '{key}' has shape {shape}, expected ({rows}, [steps,] features)")
+    return int(shape[-1])
+
+
 def _speaker_of(utt: str) -> str:
     if "$_$" in utt:
         return utt.rpartition("$_$")[0]
     return utt.rpartition("_")[0] or utt
 
 
-def load_mmsa_pickle(path: Path) -> MultimodalDataset:
+def load_mmsa_pickle(path: Path, text_only: bool = False) -> MultimodalDataset:
     """Read an MMSA feature pickle (restricted unpickler) into a regression-label dataset.
 
     Rows are train, then valid, then test, in file order. ``speakers`` is the video part of the id
@@ -155,6 +168,7 @@ def load_mmsa_pickle(path: Path) -> MultimodalDataset:
     for split in _MMSA_SPLITS:
         if split not in data:
             raise DataError(f"{path}: missing split '{split}' (found {sorted(map(str, data))})")
+    widths: dict[str, set[int]] = {"audio": set(), "visual": set()}
     for split in _MMSA_SPLITS:
         block = data[split]
         if not isinstance(block, dict):
@@ -166,6 +180,10 @@ def load_mmsa_pickle(path: Path) -> MultimodalDataset:
         n = len(ids)
         feats = {}
         for key, field in _MODALITIES:
+            if text_only and field != "text":  # the server's view: the width, and an (N, 0) array
+                widths[field].add(_feature_width(path, split, key, block[key], n))
+                feats[field] = np.zeros((n, 0))
+                continue
             feats[field] = _utterance_means(
                 path, split, key, block[key], block.get(f"{key}_lengths"), zero_invalid=(key == "audio")
             )
@@ -185,11 +203,11 @@ def load_mmsa_pickle(path: Path) -> MultimodalDataset:
         parts["split"].append(np.full(n, split))
 
     for field in ("text", "audio", "visual"):
-        widths = {a.shape[1] for a in parts[field]}
-        if len(widths) != 1:
-            raise DataError(f"{path}: field '{field}' has different feature sizes across splits: {sorted(widths)}")
+        sizes = widths[field] if text_only and field != "text" else {a.shape[1] for a in parts[field]}
+        if len(sizes) != 1:
+            raise DataError(f"{path}: field '{field}' has different feature sizes across splits: {sorted(sizes)}")
 
-    return MultimodalDataset(
+    dataset = MultimodalDataset(
         name="mmsa",
         ids=np.concatenate(parts["ids"]),
         speakers=np.concatenate(parts["speakers"]),
@@ -201,3 +219,7 @@ def load_mmsa_pickle(path: Path) -> MultimodalDataset:
         label_kind="regression",
         source=str(path),
     )
+    if text_only:
+        dims = {"text": dataset.dims["text"], **{field: next(iter(widths[field])) for field in ("audio", "visual")}}
+        return ServerView.of(dataset, feature_dims=dims)
+    return dataset

@@ -11,6 +11,10 @@ Rows of the text, audio and video files of one split line up one to one. The loa
 column count of every row, that every cell is numeric, that the three files of a split have the
 same number of rows, that the text index column points at distinct rows of transcripts.csv, and
 that the label column of the audio and video files equals the transcript label on every row.
+
+``text_only=True`` is the server's loader: it reads transcripts.csv and the text files only, never opens
+an audio or video file, and returns a :class:`ServerView` whose ``feature_dims`` are the format's widths
+(the clients check their own audio/video files).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import DataError, MultimodalDataset
+from .dataset import DataError, MultimodalDataset, ServerView
 
 __all__ = ["load_mosi_bclstm", "TEXT_DIM", "AUDIO_DIM", "VISUAL_DIM"]
 
@@ -72,11 +76,12 @@ def _as_int(path: Path, values: np.ndarray, what: str) -> np.ndarray:
     return as_int
 
 
-def load_mosi_bclstm(directory: Path) -> MultimodalDataset:
+def load_mosi_bclstm(directory: Path, text_only: bool = False) -> MultimodalDataset:
     """Load all 2,199 MOSI utterances (train then test, file order) as a binary-label dataset.
 
     ids come from transcripts.csv through the text index column; speakers are the video part of the
-    id (everything before the last "_"); split is "train"/"test" from the file name.
+    id (everything before the last "_"); split is "train"/"test" from the file name. With ``text_only``
+    the audio/video files are not opened and a :class:`ServerView` (no audio/visual columns) is returned.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -102,16 +107,19 @@ def load_mosi_bclstm(directory: Path) -> MultimodalDataset:
         audio_path = directory / f"audio_{stem}0.csv"
         video_path = directory / f"video_{stem}0.csv"
         text_rows = _read_rows(text_path, 1 + TEXT_DIM)
-        audio_rows = _read_rows(audio_path, AUDIO_DIM + 1)
-        video_rows = _read_rows(video_path, VISUAL_DIM + 1)
-        sizes = {text_path.name: len(text_rows), audio_path.name: len(audio_rows), video_path.name: len(video_rows)}
-        if len(set(sizes.values())) != 1:
-            detail = ", ".join(f"{k}: {v}" for k, v in sizes.items())
-            raise DataError(f"{directory}: {split} files have different row counts ({detail})")
-
         text_values = _numeric(text_path, text_rows)
-        audio_values = _numeric(audio_path, audio_rows)
-        video_values = _numeric(video_path, video_rows)
+        if text_only:
+            audio_values = video_values = None
+        else:
+            audio_rows = _read_rows(audio_path, AUDIO_DIM + 1)
+            video_rows = _read_rows(video_path, VISUAL_DIM + 1)
+            sizes = {text_path.name: len(text_rows), audio_path.name: len(audio_rows),
+                     video_path.name: len(video_rows)}
+            if len(set(sizes.values())) != 1:
+                detail = ", ".join(f"{k}: {v}" for k, v in sizes.items())
+                raise DataError(f"{directory}: {split} files have different row counts ({detail})")
+            audio_values = _numeric(audio_path, audio_rows)
+            video_values = _numeric(video_path, video_rows)
 
         index = _as_int(text_path, text_values[:, 0], "transcript row index (column 1)")
         out_of_range = (index < 0) | (index >= len(all_ids))
@@ -130,6 +138,8 @@ def load_mosi_bclstm(directory: Path) -> MultimodalDataset:
 
         split_labels = all_labels[index]
         for path, values in ((audio_path, audio_values), (video_path, video_values)):
+            if values is None:
+                continue
             mismatch = values[:, -1] != split_labels
             if mismatch.any():
                 line = int(np.argmax(mismatch)) + 1
@@ -142,8 +152,9 @@ def load_mosi_bclstm(directory: Path) -> MultimodalDataset:
         ids.append(split_ids)
         speakers.append(np.array([utt.rsplit("_", 1)[0] for utt in split_ids], dtype=str))
         text.append(text_values[:, 1:])
-        audio.append(audio_values[:, :-1])
-        visual.append(video_values[:, :-1])
+        if not text_only:
+            audio.append(audio_values[:, :-1])
+            visual.append(video_values[:, :-1])
         labels.append(split_labels)
         splits.append(np.full(len(split_ids), split))
 
@@ -159,15 +170,19 @@ def load_mosi_bclstm(directory: Path) -> MultimodalDataset:
     if len({spk for spk, _ in pairs}) != len(pairs) or len({num for _, num in pairs}) != len(pairs):
         raise DataError(f"{transcripts_path}: video numbers do not match the video part of the utterance ids one to one")
 
-    return MultimodalDataset(
+    n = len(all_speakers)
+    rows = dict(
         name="mosi-bclstm",
         ids=np.concatenate(ids),
         speakers=all_speakers,
         text=np.concatenate(text),
-        audio=np.concatenate(audio),
-        visual=np.concatenate(visual),
         labels=np.concatenate(labels),
         split=np.concatenate(splits),
         label_kind="binary",
         source=str(directory),
     )
+    if text_only:
+        empty = np.zeros((n, 0), dtype=np.float32)
+        return ServerView(**rows, audio=empty, visual=empty,
+                          feature_dims={"text": TEXT_DIM, "audio": AUDIO_DIM, "visual": VISUAL_DIM})
+    return MultimodalDataset(**rows, audio=np.concatenate(audio), visual=np.concatenate(visual))

@@ -6,8 +6,9 @@ Each file is a compressed ``.npz`` holding the arrays ``ids``, ``speakers``, ``s
 file from an untrusted place cannot run code.
 
 :func:`write_partitions` writes one ``partition-<i>.npz`` per client (that client's TRAIN rows,
-all modalities) and ``server.npz``: the server's shareable view of all rows, with ids, speakers,
-text, labels and split, and audio/visual replaced by empty (N, 0) arrays. ``server.npz`` also
+all modalities) and ``server.npz``: the server's shareable view of all rows (train, valid and test),
+with ids, speakers, text, labels and split, and audio/visual replaced by empty (N, 0) arrays. Validation
+speakers are on no client: pass a dataset whose "valid" split is already carved (``cfg.load_dataset()``). ``server.npz`` also
 holds the 0-d int64 scalars ``audio_dim`` and ``visual_dim``: the clients' real widths, which the
 server needs to build models that fit the clients' data. :func:`load_server_view` reads it back as
 a :class:`ServerView` whose ``feature_dims`` carries them.
@@ -20,12 +21,11 @@ import re
 import tempfile
 import zipfile
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .dataset import DataError, MultimodalDataset
+from .dataset import DataError, MultimodalDataset, ServerView
 from .partition import partition_indices
 
 __all__ = ["save_partition", "load_partition", "load_server_view", "write_partitions", "ServerView",
@@ -36,27 +36,6 @@ SCALAR_FIELDS = ("name", "label_kind", "source")
 _STRING_FIELDS = ("ids", "speakers", "split")
 SERVER_FILE = "server.npz"
 _DIM_FIELDS = ("audio_dim", "visual_dim")
-
-
-@dataclass(frozen=True, eq=False)
-class ServerView(MultimodalDataset):
-    """The server's shareable view (audio/visual of width 0) plus the clients' real feature widths.
-
-    ``feature_dims`` is ``{"text": .., "audio": .., "visual": ..}``; use it instead of ``dims``
-    (which says 0 for audio and visual) when building models. Row subsets are plain datasets.
-    """
-
-    feature_dims: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        dims = {"text": int(self.text.shape[1]), **{k: int(v) for k, v in dict(self.feature_dims).items()}}
-        if set(dims) != {"text", "audio", "visual"} or any(v < 0 for v in dims.values()):
-            raise DataError(f"{self.source or 'server view'}: feature_dims must give audio and visual widths >= 0, "
-                            f"got {self.feature_dims!r}")
-        if dims["text"] != self.text.shape[1]:
-            raise DataError(f"feature_dims text={dims['text']} differs from the text width {self.text.shape[1]}")
-        object.__setattr__(self, "feature_dims", dims)
 
 
 def save_partition(dataset: MultimodalDataset, path: Path) -> None:
@@ -176,20 +155,7 @@ def write_partitions(
         match = re.fullmatch(r"partition-(\d+)\.npz", stale.name)
         if match and int(match.group(1)) >= len(parts):
             stale.unlink()
-    n = len(dataset)
-    server = ServerView(
-        name=dataset.name,
-        ids=dataset.ids,
-        speakers=dataset.speakers,
-        text=dataset.text,
-        audio=np.zeros((n, 0), dtype=np.float32),
-        visual=np.zeros((n, 0), dtype=np.float32),
-        labels=dataset.labels,
-        split=dataset.split,
-        label_kind=dataset.label_kind,
-        source=dataset.source,
-        feature_dims=dataset.dims,
-    )
+    server = ServerView.of(dataset)
     server_path = out_dir / SERVER_FILE
     save_partition(server, server_path)
     paths.append(server_path)

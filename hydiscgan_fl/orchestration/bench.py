@@ -12,8 +12,11 @@ the alignment stage is extra for the GAN methods):
 - central-multimodal  central M(t, a, v) on real audio/visual (the privacy-violating upper bound).
 
 Federated methods run through LocalFederation on --num-clients simulated SuperNodes with the speaker
-partition. Writes DIR/summary.csv (one row per method and seed; rows already there are skipped, so an
-interrupted benchmark resumes), DIR/summary.md, DIR/metrics.png, DIR/rounds.png, and keeps each
+partition. Every method reports the test metrics of the round (federated, hydiscgan-central) or epoch
+group (text-only, central-multimodal) that is best on the validation speakers (`selected_step`).
+Writes DIR/summary.csv (one row per method and seed; rows already there are skipped, so an interrupted
+benchmark resumes), DIR/summary.md (mean ± std and the 95% t-interval over seeds, and each method's
+paired difference to text-only with its 95% interval), DIR/metrics.png, DIR/rounds.png, and keeps each
 federated run directory under DIR/runs/.
 """
 
@@ -36,6 +39,7 @@ import torch
 
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
+from hydiscgan_fl.metrics import HIGHER_IS_BETTER, mean_interval, paired_difference
 from hydiscgan_fl.models import build_shared_models
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
@@ -49,8 +53,11 @@ METHODS = ("text-only", "hydiscgan", "hydiscgan-central", "fedavg-multimodal", "
 FEDERATED_METHODS = ("hydiscgan", "fedavg-multimodal")
 METRIC_COLUMNS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr", "acc2", "f1")
 COST_COLUMNS = ("client_bytes_up_per_round", "client_bytes_down_per_round", "client_train_s_per_round")
-COLUMNS = ("dataset", "method", "seed", *METRIC_COLUMNS, "speaker_attack_acc", "speaker_attack_chance",
-           *COST_COLUMNS, "wall_s")
+COLUMNS = ("dataset", "method", "seed", *METRIC_COLUMNS, "selected_step", "speaker_attack_acc",
+           "speaker_attack_chance", *COST_COLUMNS, "wall_s")
+# Compared with text-only seed by seed in summary.md (those present in the table).
+PAIRED_COLUMNS = ("acc2", "f1", "mae", "corr")
+REFERENCE = "text-only"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -66,7 +73,7 @@ def register(subparsers) -> None:
     parser.add_argument("--data-dir", default="", help="folder holding mosi-bclstm/ (default: the checkout's data/)")
     parser.add_argument("--methods", type=_method_list, default=METHODS,
                         help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
-    parser.add_argument("--seeds", type=int, default=3, help="run seeds 0..N-1 (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=5, help="run seeds 0..N-1 (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder (default: %(default)s)")
     parser.add_argument("--num-clients", type=int, default=8,
                         help="simulated SuperNodes of the federated methods (default: %(default)s)")
@@ -167,7 +174,7 @@ def central_row(method: str, cfg: HyDiscGANConfig, label: str) -> dict[str, Any]
         print(f"[{label}] {unit} {done}/{total} test acc2={metrics['acc2']:.4f}", flush=True)
 
     result = run_central(method, cfg, progress)
-    return {**result.metrics, **_attack(result.inference_features, cfg)}
+    return {**result.metrics, "selected_step": result.selected_step, **_attack(result.inference_features, cfg)}
 
 
 class RoundProgress:
@@ -204,15 +211,15 @@ def federated_row(federation: LocalFederation, method: str, cfg: HyDiscGANConfig
     outcome = federation.run(run_config, num_clients, progress=RoundProgress(label))
     summary = json.loads((outcome.run_dir / "summary.json").read_text())
     train = _train_tensors(cfg)
-    if method == "hydiscgan":
+    if method == "hydiscgan":  # G of the validation-selected round
         checkpoint = torch.load(outcome.run_dir / "checkpoint.pt", weights_only=True)
         shared = build_shared_models(checkpoint["dims"], HyDiscGANConfig.from_run_config(checkpoint["config"]), 0)
         shared.generator.load_state_dict(checkpoint["generator"])
         features = generated_features(shared.generator.to(train.text.device), train.text)
     else:
         features = real_features(train)
-    return {**{key: summary[key] for key in METRIC_COLUMNS if key in summary}, **_attack(features, cfg),
-            **client_cost(outcome.run_dir)}
+    return {**{key: summary[key] for key in METRIC_COLUMNS if key in summary},
+            "selected_step": summary["selected_round"], **_attack(features, cfg), **client_cost(outcome.run_dir)}
 
 
 def run_group(out: Path, method: str, seed: int) -> Path:
@@ -252,7 +259,8 @@ def client_cost(run_dir: Path) -> dict[str, float]:
 
 # -- summary.md and plots -----------------------------------------------------------------------------
 def write_report(out: Path, raw_attack: dict[str, Any]) -> str:
-    """summary.md (mean ± std over seeds per method) and the plots, from everything in summary.csv."""
+    """summary.md (mean ± std and 95% interval over seeds per method; paired differences to text-only) and
+    the plots, from everything in summary.csv."""
     table = pd.read_csv(out / "summary.csv")
     methods = [m for m in METHODS if m in set(table["method"])]
     shown = [c for c in (*METRIC_COLUMNS, "speaker_attack_acc", "speaker_attack_chance", *COST_COLUMNS, "wall_s")
@@ -266,7 +274,11 @@ def write_report(out: Path, raw_attack: dict[str, Any]) -> str:
         f"schedule: {settings['rounds-align']} alignment + {settings['rounds-msa']} MSA rounds x "
         f"{settings['local-epochs']} local epochs; federated methods on {settings['num-clients']} simulated "
         "clients (speaker partition)",
-        "- mean ± sample std over seeds (n = number of seeds); bytes are per client per round",
+        "- test metrics at each run's round or epoch group that is best on the validation speakers "
+        "(acc2 for binary labels, mae for continuous ones); validation speakers are carved from the training "
+        "speakers (valid-fraction) and are on no client",
+        "- mean ± sample std over seeds [95% Student-t interval of the mean] (n = number of seeds); bytes are "
+        "per client per round",
         "",
         "| method | n | " + " | ".join(shown) + " |",
         "|---|---|" + "---|" * len(shown),
@@ -275,6 +287,7 @@ def write_report(out: Path, raw_attack: dict[str, Any]) -> str:
         rows = table[table["method"] == method]
         cells = [_mean_std(rows[c], c) for c in shown]
         lines.append(f"| {method} | {len(rows)} | " + " | ".join(cells) + " |")
+    lines += ["", *paired_lines(table, methods)]
     lines += ["", *NOTES,
               f"- reference: the same attack on the raw, unstandardised audio‖visual of the training utterances "
               f"reaches {raw_attack['speaker_attack_acc']:.4f} (chance {raw_attack['speaker_attack_chance']:.4f}, "
@@ -285,6 +298,38 @@ def write_report(out: Path, raw_attack: dict[str, Any]) -> str:
     plot_metrics(table, methods, out / "metrics.png")
     plot_rounds(table, out, settings, out / "rounds.png")
     return text
+
+
+def paired_lines(table: pd.DataFrame, methods: list[str]) -> list[str]:
+    """The table of each method's difference to text-only on the same seed, with its 95% t-interval and a
+    reading that calls a method better or worse only when the interval excludes zero."""
+    columns = [c for c in PAIRED_COLUMNS if table[c].notna().any()]
+    others = [m for m in methods if m != REFERENCE]
+    if REFERENCE not in methods or not others or not columns:
+        return []
+
+    def by_seed(method: str, column: str) -> dict[int, float]:
+        rows = table[(table["method"] == method) & table[column].notna()]
+        return dict(zip(rows["seed"].astype(int), rows[column].astype(float)))
+
+    lines = [f"Paired difference to {REFERENCE} (method - {REFERENCE}, same seed): mean [95% t-interval] (n); "
+             "'better'/'worse' only where the interval excludes zero (for mae lower is better).", "",
+             "| method | " + " | ".join(f"Δ {c}" for c in columns) + " |", "|---|" + "---|" * len(columns)]
+    for method in others:
+        cells = []
+        for column in columns:
+            diff = paired_difference(by_seed(method, column), by_seed(REFERENCE, column))
+            cells.append(f"{diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}] (n={diff['n']}) "
+                         f"{_reading(diff, column)}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _reading(diff: dict[str, Any], column: str) -> str:
+    if not diff["excludes_zero"]:
+        return "no difference shown"
+    higher = diff["mean"] > 0
+    return "better" if higher == HIGHER_IS_BETTER.get(column, True) else "worse"
 
 
 NOTES = (
@@ -310,16 +355,16 @@ def machine() -> str:
 
 
 def _mean_std(values: pd.Series, column: str) -> str:
-    values = values.dropna()
-    if values.empty:
+    summary = mean_interval(values.dropna().astype(float).tolist())
+    if summary["n"] == 0:
         return ""
-    mean = float(values.mean())
-    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    mean, std = summary["mean"], summary["std"] if summary["n"] > 1 else 0.0
     if column.startswith("client_bytes"):
         return f"{mean / 1e3:.1f} kB ± {std / 1e3:.1f}"
     if column.endswith("_s") or column.endswith("_s_per_round"):
         return f"{mean:.1f} ± {std:.1f}"
-    return f"{mean:.4f} ± {std:.4f}"
+    interval = f" [{summary['low']:.4f}, {summary['high']:.4f}]" if summary["n"] > 1 else ""
+    return f"{mean:.4f} ± {std:.4f}{interval}"
 
 
 def _pyplot():
@@ -364,7 +409,8 @@ def round_curves(out: Path, method: str, seeds: list[int]) -> pd.DataFrame:
 
 
 def plot_rounds(table: pd.DataFrame, out: Path, settings: dict[str, Any], target: Path) -> None:
-    """Test acc2 per round of the federated methods (mean ± std over seeds); central methods' final acc2 dashed."""
+    """Test acc2 per round of the federated methods (mean ± std over seeds); central methods' validation-selected
+    acc2 dashed."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for method in METHODS:
@@ -380,7 +426,7 @@ def plot_rounds(table: pd.DataFrame, out: Path, settings: dict[str, Any], target
             ax.plot(mean.index, mean, marker=".", color=color, label=method)
             ax.fill_between(mean.index, mean - std, mean + std, color=color, alpha=0.2)
         else:
-            ax.axhline(rows["acc2"].mean(), color=color, linestyle="--", linewidth=1, label=f"{method} (final)")
+            ax.axhline(rows["acc2"].mean(), color=color, linestyle="--", linewidth=1, label=f"{method} (selected)")
     if "hydiscgan" in set(table["method"]) and settings["rounds-align"]:
         ax.axvline(settings["rounds-align"] + 0.5, color="grey", linestyle=":", linewidth=1)
         ax.text(settings["rounds-align"] + 0.7, ax.get_ylim()[0], "hydiscgan: MSA stage ->", fontsize=7,

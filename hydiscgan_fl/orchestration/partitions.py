@@ -3,8 +3,10 @@
     hydiscgan partition --dataset mosi-bclstm --num-partitions 3 --partition speaker --seed 0 --out DIR
 
 writes DIR/partition-<i>.npz (client i's TRAIN rows, all modalities: copy it to data machine i only)
-and DIR/server.npz (text and labels of every row, audio/visual dropped, plus the clients' feature
-widths: the only file the ServerApp needs, read through the dataset spec "partitions:<DIR>").
+and DIR/server.npz (text and labels of every row, train, valid and test, audio/visual dropped, plus the
+clients' feature widths: the only file the ServerApp needs, read through the dataset spec
+"partitions:<DIR>"). The validation speakers (--valid-fraction of the training speakers, drawn with
+--seed; MMSA's own valid split) are on no client: the server selects its reported round on them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ def register(subparsers) -> None:
     parser.add_argument("--num-partitions", type=int, required=True, help="number of clients (SuperNodes)")
     parser.add_argument("--partition", default="speaker",
                         help="rule: speaker, iid or dirichlet:<alpha> (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the partitioner (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the partitioner and of the validation speakers (default: %(default)s)")
+    parser.add_argument("--valid-fraction", type=float, default=HyDiscGANConfig().valid_fraction,
+                        help="fraction of the training speakers held out for validation (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.set_defaults(handler=run)
 
@@ -43,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--dataset must name the full dataset, not an existing partitions folder")
         # The same validation as a run's config (dataset form, partition rule, absolute data-dir).
         cfg = HyDiscGANConfig.from_run_config({"dataset": args.dataset, "partition": args.partition,
-                                               "seed": args.seed, "data-dir": args.data_dir})
+                                               "seed": args.seed, "data-dir": args.data_dir,
+                                               "valid-fraction": args.valid_fraction})
         dataset = cfg.load_dataset()
         paths = write_partitions(dataset, args.num_partitions, cfg.partition, cfg.seed, args.out)
     except (ConfigError, DataError, OSError) as err:
@@ -52,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         part = load_partition(path)
         speakers = len(set(part.speakers.tolist()))
-        print(f"{path}: {len(part)} utterances, {speakers} speakers, dims {part.dims}")
+        splits = ", ".join(f"{name} {int((part.split == name).sum())}" for name in ("train", "valid", "test")
+                           if (part.split == name).any())
+        print(f"{path}: {len(part)} utterances ({splits}), {speakers} speakers, dims {part.dims}")
     print(f"server dataset spec: partitions:{Path(args.out).resolve()}")
     return 0

@@ -19,7 +19,13 @@ schedule unless overridden); the released model is then attacked:
 
 epsilon_rdp / epsilon_prv are (epsilon, dp-delta)-DP guarantees at the end of the run (inf: no DP);
 wdp_loss is the Wasserstein accountant's EMPIRICAL figure, not a guarantee (it grows with the noise).
-Writes DIR/privacy.csv (rows already there are skipped, so an interrupted sweep resumes),
+acc2/f1 are the test metrics at the round best on the validation speakers (`selected_round`, whose G is
+the one attacked); valid_acc2 / valid_mae are that round's validation metrics. Every point runs for the
+seeds --seed .. --seed + --seeds - 1. The RECOMMENDED setting is chosen on validation only: among the
+points with a DP guarantee, the best mean validation metric over seeds (acc2 for binary labels, mae for
+continuous ones; ties go to the smaller epsilon_rdp). It is printed and written to privacy.md, which
+gives every point's mean ± std and, with more than one seed, the 95% t-interval over seeds.
+Writes DIR/privacy.csv (rows already there are skipped, so an interrupted sweep resumes), DIR/privacy.md,
 DIR/privacy.png and each run directory under DIR/runs/.
 """
 
@@ -38,6 +44,7 @@ import torch
 
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
+from hydiscgan_fl.metrics import SELECTION_METRIC, mean_interval
 from hydiscgan_fl.models import build_shared_models
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
@@ -48,8 +55,12 @@ from hydiscgan_fl.privacy.ledger import PRIVACY_COLUMNS
 from hydiscgan_fl.training import pick_device, to_tensors
 from hydiscgan_fl.training.central import generated_features, real_features
 
-COLUMNS = ("dp_unit", "noise_multiplier", "adv_lambda", *PRIVACY_COLUMNS, "acc2", "f1", "speaker_attack_acc",
-           "mia_auc", *UPDATE_ATTACK_COLUMNS)
+COLUMNS = ("dp_unit", "noise_multiplier", "adv_lambda", "seed", *PRIVACY_COLUMNS, "selected_round", "valid_acc2",
+           "valid_mae", "acc2", "f1", "speaker_attack_acc", "mia_auc", *UPDATE_ATTACK_COLUMNS)
+POINT = ("dp_unit", "noise_multiplier", "adv_lambda")
+# Summarised over seeds in privacy.md.
+REPORTED = ("epsilon_rdp", "epsilon_prv", "valid_acc2", "valid_mae", "acc2", "f1", "speaker_attack_acc", "mia_auc",
+            *UPDATE_ATTACK_COLUMNS)
 UNITS = ("none", "speaker", "utterance")
 DEFAULT_NOISE_MULTIPLIERS = (0.5, 2.0)
 DEFAULT_ADV_LAMBDAS = (0.0, 1.0)
@@ -75,7 +86,9 @@ def register(subparsers) -> None:
     parser.add_argument("--clip-norm", type=float, default=None, help="dp-clip-norm (default: the run config's)")
     parser.add_argument("--delta", type=float, default=None, help="dp-delta (default: the run config's)")
     parser.add_argument("--num-clients", type=int, default=8, help="simulated SuperNodes (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="first run seed (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="seeds per point: --seed .. --seed + N - 1 (default: %(default)s)")
     add_schedule_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -119,10 +132,12 @@ def run(args: argparse.Namespace) -> int:
             **({"dp-clip-norm": args.clip_norm} if args.clip_norm is not None else {}),
             **({"dp-delta": args.delta} if args.delta is not None else {}),
         })
-        points = grid(args.units, args.noise_multipliers, args.adv_lambdas)
-        configs = [point_config(base, *point) for point in points]  # every point valid before any run
-        if args.num_clients < 1:
-            raise ConfigError("--num-clients must be >= 1")
+        if args.num_clients < 1 or args.seeds < 1:
+            raise ConfigError("--num-clients and --seeds must be >= 1")
+        points = [(*point, seed) for point in grid(args.units, args.noise_multipliers, args.adv_lambdas)
+                  for seed in range(args.seed, args.seed + args.seeds)]
+        # every point valid before any run
+        configs = [point_config(base.model_copy(update={"seed": seed}), *point) for *point, seed in points]
         out.mkdir(parents=True, exist_ok=True)
     except (ConfigError, DataError, OSError) as err:
         print(f"hydiscgan privacy: error: {err}", file=sys.stderr)
@@ -131,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
     federation: LocalFederation | None = None
     try:
         for point, cfg in zip(points, configs):
-            label = f"dp-unit={point[0]} noise={point[1]:g} adv-lambda={point[2]:g}"
-            if _key({"dp_unit": point[0], "noise_multiplier": point[1], "adv_lambda": point[2]}) in done:
+            label = f"dp-unit={point[0]} noise={point[1]:g} adv-lambda={point[2]:g} seed={point[3]}"
+            if _key(dict(zip((*POINT, "seed"), point))) in done:
                 print(f"[{label}] already in privacy.csv, skipped", flush=True)
                 continue
             started = time.time()
@@ -150,13 +165,79 @@ def run(args: argparse.Namespace) -> int:
         if federation is not None:
             federation.close()
     rows = read_rows(out / "privacy.csv")
+    label_kind = base.load_dataset(text_only=True).label_kind
+    summary = summarise(rows)
+    best = recommend(summary, label_kind)
+    (out / "privacy.md").write_text(report(summary, best, label_kind))
     plot(rows, out / "privacy.png")
-    print(f"results in {out}: privacy.csv ({len(rows)} rows), privacy.png")
+    if best is not None:
+        print(f"recommended (best mean validation {SELECTION_METRIC[label_kind][0]} among DP settings): "
+              f"{recommended_flags(best, base)}")
+    print(f"results in {out}: privacy.csv ({len(rows)} rows), privacy.md, privacy.png")
     return 0
 
 
-def _key(row: dict[str, Any]) -> tuple[str, float, float]:
-    return str(row["dp_unit"]), float(row["noise_multiplier"]), float(row["adv_lambda"])
+def _key(row: dict[str, Any]) -> tuple[str, float, float, int]:
+    return str(row["dp_unit"]), float(row["noise_multiplier"]), float(row["adv_lambda"]), int(row["seed"])
+
+
+def _number(cell: Any) -> float:
+    return math.nan if cell in ("", None) else float(cell)
+
+
+def summarise(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """One entry per (dp_unit, noise_multiplier, adv_lambda): the seeds and, per REPORTED column, the
+    mean_interval over them (grid order kept)."""
+    groups: dict[tuple[str, float, float], list[dict[str, str]]] = {}
+    for row in rows:
+        groups.setdefault(_key(row)[:3], []).append(row)
+    return [{**dict(zip(POINT, point)), "seeds": sorted(int(r["seed"]) for r in members),
+             **{column: mean_interval([_number(r.get(column)) for r in members]) for column in REPORTED}}
+            for point, members in groups.items()]
+
+
+def recommend(summary: list[dict[str, Any]], label_kind: str) -> dict[str, Any] | None:
+    """The DP point (finite epsilon) with the best mean validation metric; ties: the smaller epsilon_rdp.
+    Test metrics play no part. None when no DP point has a validation metric."""
+    name, sign = SELECTION_METRIC[label_kind]
+    candidates = [p for p in summary if p["dp_unit"] != "none" and math.isfinite(p["epsilon_rdp"]["mean"])
+                  and not math.isnan(p[f"valid_{name}"]["mean"])]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda p: (-sign * p[f"valid_{name}"]["mean"], p["epsilon_rdp"]["mean"]))
+
+
+def recommended_flags(point: dict[str, Any], base: HyDiscGANConfig) -> str:
+    return (f"dp-unit=\"{point['dp_unit']}\" dp-noise-multiplier={point['noise_multiplier']:g} "
+            f"dp-clip-norm={base.dp_clip_norm:g} dp-delta={base.dp_delta:g} adv-lambda={point['adv_lambda']:g}")
+
+
+def _cell(summary: dict[str, float]) -> str:
+    if summary["n"] == 0:
+        return ""
+    if not math.isfinite(summary["mean"]):
+        return f"{summary['mean']}"
+    if summary["n"] == 1:
+        return f"{summary['mean']:.4g}"
+    return f"{summary['mean']:.4g} ± {summary['std']:.2g} [{summary['low']:.4g}, {summary['high']:.4g}]"
+
+
+def report(summary: list[dict[str, Any]], best: dict[str, Any] | None, label_kind: str) -> str:
+    """privacy.md: every point's mean ± std [95% t-interval] over its seeds, and the recommendation."""
+    columns = [c for c in REPORTED if any(p[c]["n"] for p in summary)]
+    lines = ["# HyDiscGAN privacy sweep", "",
+             "acc2/f1: test metrics at the round best on validation; mean ± sample std [95% t-interval] over "
+             "seeds (a single value with one seed).", "",
+             "| dp_unit | sigma | adv_lambda | seeds | " + " | ".join(columns) + " |",
+             "|---|---|---|---|" + "---|" * len(columns)]
+    for p in summary:
+        lines.append(f"| {p['dp_unit']} | {p['noise_multiplier']:g} | {p['adv_lambda']:g} | {len(p['seeds'])} | "
+                     + " | ".join(_cell(p[c]) for c in columns) + " |")
+    name = SELECTION_METRIC[label_kind][0]
+    lines += ["", f"Recommended, on mean validation {name} among the settings with a DP guarantee: "
+              + (f"dp-unit {best['dp_unit']}, sigma {best['noise_multiplier']:g}, adv-lambda {best['adv_lambda']:g}"
+                 if best is not None else "none (no DP point in the table)"), ""]
+    return "\n".join(lines)
 
 
 def sweep_row(federation: LocalFederation, cfg: HyDiscGANConfig, num_clients: int, runs: Path) -> dict[str, Any]:
@@ -167,14 +248,16 @@ def sweep_row(federation: LocalFederation, cfg: HyDiscGANConfig, num_clients: in
     run_config["output-dir"] = str(runs)
     outcome = federation.run(run_config, num_clients)
     summary = json.loads((outcome.run_dir / "summary.json").read_text())
-    checkpoint = torch.load(outcome.run_dir / "checkpoint.pt", weights_only=True)
+    checkpoint = torch.load(outcome.run_dir / "checkpoint.pt", weights_only=True)  # the selected round's G and M
     generator = build_shared_models(checkpoint["dims"], cfg, cfg.seed).generator
     generator.load_state_dict(checkpoint["generator"])
     privacy = {column: summary.get(column, math.inf if column.startswith("epsilon") else math.nan)
                for column in PRIVACY_COLUMNS}
     return {"dp_unit": cfg.dp_unit, "noise_multiplier": cfg.dp_noise_multiplier if cfg.dp_unit != "none" else 0.0,
-            "adv_lambda": cfg.adv_lambda, **privacy, "acc2": summary["acc2"], "f1": summary["f1"],
-            **release_attacks(generator, cfg), **update_attack_row(outcome.run_dir, num_clients)}
+            "adv_lambda": cfg.adv_lambda, "seed": cfg.seed, **privacy, "selected_round": summary["selected_round"],
+            "valid_acc2": summary["valid_acc2"], "valid_mae": summary.get("valid_mae"), "acc2": summary["acc2"],
+            "f1": summary["f1"], **release_attacks(generator, cfg),
+            **update_attack_row(outcome.run_dir, num_clients)}
 
 
 def release_attacks(generator: torch.nn.Module, cfg: HyDiscGANConfig) -> dict[str, float]:
@@ -203,7 +286,7 @@ def plot(rows: list[dict[str, str]], target: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
     series: dict[tuple[str, float], list[dict[str, float]]] = {}
     for row in rows:
-        values = {key: float(row[key]) for key in COLUMNS if key != "dp_unit"}
+        values = {key: _number(row[key]) for key in COLUMNS if key != "dp_unit"}
         series.setdefault((row["dp_unit"], values["adv_lambda"]), []).append(values)
     any_finite = False
     for number, ((unit, adv), points) in enumerate(sorted(series.items())):

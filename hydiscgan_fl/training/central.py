@@ -9,10 +9,15 @@ the training data (the alignment stage is extra for the GAN methods):
 - ``hydiscgan-central``: HyDiscGAN's models and losses on the pooled data with the federated schedule,
   rounds-align rounds of ``local_alignment`` then rounds-msa rounds of ``local_msa``, local-epochs
   epochs each (one client holding every utterance); text only at test time.
+
+Like the federated server, every method is evaluated on the validation speakers (carved from the
+training speakers, valid-fraction) and on the test speakers after each epoch group (local-epochs epochs)
+or round, and reports the test metrics of the step that is best on validation.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +25,7 @@ import numpy as np
 import torch
 
 from hydiscgan_fl.config import HyDiscGANConfig
-from hydiscgan_fl.metrics import summary_metrics
+from hydiscgan_fl.metrics import ValidationSelection, summary_metrics
 from hydiscgan_fl.models import ConditionalGenerator, build_client_discriminators, build_shared_models
 from hydiscgan_fl.training.data import UtteranceTensors, pick_device, to_tensors
 from hydiscgan_fl.training.loops import (
@@ -41,9 +46,11 @@ Progress = Callable[[str, int, int, dict[str, float]], None]
 
 @dataclass(frozen=True)
 class CentralResult:
-    """Final test metrics, and what the method consumes at inference for each training utterance."""
+    """Test metrics at the step (epoch or round) best on validation, that step, and what the method consumes
+    at inference for each training utterance (for hydiscgan-central: G(t, 0) of the selected round)."""
 
     metrics: dict[str, float]
+    selected_step: int
     inference_features: np.ndarray
 
 
@@ -67,34 +74,39 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
     dataset = cfg.load_dataset()
     device = pick_device()
     train = to_tensors(dataset.split_subset("train"), device)
+    valid = to_tensors(dataset.split_subset("valid"), device)
     test = to_tensors(dataset.split_subset("test"), device)
     label_kind = dataset.label_kind
-    test_labels = test.labels.cpu().numpy()
     epochs = cfg.rounds_msa * cfg.local_epochs
-    final: dict[str, float] = {}
+    selection = ValidationSelection(label_kind)
 
-    def report(unit: str, done: int, total: int, preds: np.ndarray) -> None:
-        final.clear()
-        final.update(summary_metrics(preds, test_labels, label_kind))
+    def report(unit: str, done: int, total: int, predict_on: Callable[[UtteranceTensors], np.ndarray]) -> bool:
+        """Evaluate one step; True when it is the best on validation so far."""
+        test_metrics = summary_metrics(predict_on(test), test.labels.cpu().numpy(), label_kind)
         if progress is not None:
-            progress(unit, done, total, dict(final))
+            progress(unit, done, total, test_metrics)
+        valid_metrics = summary_metrics(predict_on(valid), valid.labels.cpu().numpy(), label_kind)
+        return selection.offer(done, valid_metrics, test_metrics)
 
-    def per_epoch_group(predict_test: Callable[[torch.nn.Module], np.ndarray]):
+    def per_epoch_group(predict_split: Callable[[torch.nn.Module, UtteranceTensors], np.ndarray]):
         def on_epoch(epoch: int, model: torch.nn.Module) -> None:
             if epoch % cfg.local_epochs == 0 or epoch == epochs:
-                report("epoch", epoch, epochs, predict_test(model))
+                report("epoch", epoch, epochs, lambda split: predict_split(model, split))
         return on_epoch
+
+    def result(features: np.ndarray) -> CentralResult:
+        return CentralResult(dict(selection.test), int(selection.step), features)
 
     if method == "text-only":
         train_text_only(train.text, train.labels, label_kind, cfg, epochs, cfg.seed,
-                        on_epoch=per_epoch_group(lambda model: predict_text_only(model, test.text, label_kind)))
-        return CentralResult(final, train.text.cpu().numpy())
+                        on_epoch=per_epoch_group(lambda model, split: predict_text_only(model, split.text, label_kind)))
+        return result(train.text.cpu().numpy())
 
     shared = build_shared_models(dataset.dims, cfg, cfg.seed).to(device)
     if method == "central-multimodal":
         train_multimodal(shared.msa, train, cfg, epochs, cfg.seed, label_kind,
-                         on_epoch=per_epoch_group(lambda msa: predict_multimodal(msa, test, label_kind)))
-        return CentralResult(final, real_features(train))
+                         on_epoch=per_epoch_group(lambda msa, split: predict_multimodal(msa, split, label_kind)))
+        return result(real_features(train))
 
     # hydiscgan-central: the federated schedule with one client that holds every training utterance.
     private = build_client_discriminators(dataset.dims, cfg, cfg.seed * 1_000_003).to(device)
@@ -104,5 +116,7 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
             local_alignment(shared, private, train, cfg, cfg.local_epochs, seed)
         else:
             local_msa(shared, private, train, cfg, cfg.local_epochs, seed, label_kind)
-        report("round", server_round, cfg.total_rounds, predict(shared, test.text, label_kind))
-    return CentralResult(final, generated_features(shared.generator, train.text))
+        if report("round", server_round, cfg.total_rounds, lambda split: predict(shared, split.text, label_kind)):
+            selected_generator = copy.deepcopy(shared.generator.state_dict())
+    shared.generator.load_state_dict(selected_generator)
+    return result(generated_features(shared.generator, train.text))
