@@ -22,7 +22,7 @@ import torch
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
 from hydiscgan_fl.metrics import summary_metrics
-from hydiscgan_fl.models import build_shared_models
+from hydiscgan_fl.models import GENERATOR, MSA, build_shared_models, needs_context, parameter_counts
 from hydiscgan_fl.run_files import RunDirectory, load_state
 from hydiscgan_fl.training import (
     UtteranceTensors,
@@ -33,6 +33,7 @@ from hydiscgan_fl.training import (
     to_tensors,
     train_text_only,
 )
+from hydiscgan_fl.training.videos import Videos, full_layout
 
 
 # Keys a resumed run may set differently from the run it continues (where things are, not what is computed).
@@ -63,6 +64,13 @@ class ServerRun:
         self.train = self._text_split(dataset, "train")
         self.test = self._text_split(dataset, "test")
         self.test_multimodal = self._multimodal_test_split(dataset) if cfg.method == "fedavg-multimodal" else None
+        # Context models (msa-model) read whole videos: the video structure of the text is shareable metadata.
+        context = needs_context(cfg)
+        self.train_videos = Videos.of(dataset.split_subset("train")) if context else None
+        self.test_layout = full_layout(Videos.of(dataset.split_subset("test")) if context else None, self.device)
+        self.param_counts = parameter_counts(self.dims, cfg)
+        print("parameters: " + ", ".join(f"{name}={count:,}" for name, count in self.param_counts.items())
+              + f" (msa-model={cfg.msa_model}, generator-model={cfg.generator_model})")
         del dataset  # audio and visual stop here (HyDiscGAN's server is text-only: test_multimodal is None)
         self.last_round = min(cfg.stop_after_round or cfg.total_rounds, cfg.total_rounds)  # of this Flower run
         self.resumed = self._resumed_state() if cfg.resume_from else None
@@ -138,10 +146,10 @@ class ServerRun:
         shared = build_shared_models(self.dims, self.cfg, self.cfg.seed).to(self.device)
         if self.test_multimodal is None:
             shared.load_state_dict(state)
-            preds = predict(shared, self.test.text, self.label_kind)
+            preds = predict(shared, self.test.text, self.label_kind, self.test_layout)
         else:
             shared.msa.load_state_dict({key.removeprefix("msa."): value for key, value in state.items()})
-            preds = predict_multimodal(shared.msa, self.test_multimodal, self.label_kind)
+            preds = predict_multimodal(shared.msa, self.test_multimodal, self.label_kind, self.test_layout)
         return summary_metrics(preds, self.test.labels.cpu().numpy(), self.label_kind)
 
     def record_round(self, round_row: dict[str, Any], clients: list[Any], state: dict[str, torch.Tensor],
@@ -158,8 +166,9 @@ class ServerRun:
     def text_only_baseline(self) -> dict[str, float]:
         """A text-only model with M's family, optimiser and epoch budget (rounds-msa x local-epochs)."""
         epochs = self.cfg.rounds_msa * self.cfg.local_epochs
-        model = train_text_only(self.train.text, self.train.labels, self.label_kind, self.cfg, epochs, self.cfg.seed)
-        preds = predict_text_only(model, self.test.text, self.label_kind)
+        model = train_text_only(self.train.text, self.train.labels, self.label_kind, self.cfg, epochs, self.cfg.seed,
+                                videos=self.train_videos)
+        preds = predict_text_only(model, self.test.text, self.label_kind, self.test_layout)
         return summary_metrics(preds, self.test.labels.cpu().numpy(), self.label_kind)
 
     def finish(self, state: dict[str, torch.Tensor], num_clients: int, extra: dict[str, Any]) -> dict[str, Any]:
@@ -175,6 +184,7 @@ class ServerRun:
             **final,
             **{f"text_only_{key}": value for key, value in baseline.items()},
             "wall_s": time.time() - self.started,
+            "param_counts": self.param_counts,
             **extra,
         }
         if self.cfg.local_components:
@@ -183,8 +193,8 @@ class ServerRun:
         self.run_dir.write_json("summary.json", summary)
         cpu_state = {key: value.detach().cpu() for key, value in state.items()}
         self.run_dir.save_checkpoint({
-            "generator": {k.removeprefix("generator."): v for k, v in cpu_state.items() if k.startswith("generator.")},
-            "msa": {k.removeprefix("msa."): v for k, v in cpu_state.items() if k.startswith("msa.")},
+            **{name: {k.removeprefix(f"{name}."): v for k, v in cpu_state.items() if k.startswith(f"{name}.")}
+               for name in (GENERATOR, MSA)},
             "dims": dict(self.dims),
             "config": self.cfg.to_run_config(),
         })

@@ -39,7 +39,9 @@ class MultimodalDataset:
 
     ``labels`` are {0, 1} when ``label_kind == "binary"`` and continuous sentiment scores when
     ``label_kind == "regression"``. Feature arrays may have zero columns (the server's view of a
-    dataset holds audio and visual arrays of shape (N, 0)). Equality is identity (``eq=False``):
+    dataset holds audio and visual arrays of shape (N, 0)). ``videos`` and ``positions`` say which video
+    each utterance belongs to and where in it (see :mod:`hydiscgan_fl.data.videos`); left out, every
+    utterance is its own video. Equality is identity (``eq=False``):
     compare fields with numpy to compare contents.
     """
 
@@ -53,6 +55,8 @@ class MultimodalDataset:
     split: np.ndarray
     label_kind: str
     source: str = field(default="")
+    videos: np.ndarray | None = None
+    positions: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         src = str(self.source)
@@ -132,6 +136,11 @@ class MultimodalDataset:
                     f"(first bad row id {str(ids[first])!r}, value {float(labels[first])})"
                 )
 
+        from .videos import video_structure  # here: videos.py imports DataError from this module
+
+        videos, positions = video_structure(self.videos, self.positions, ids, speakers, split, where)
+        object.__setattr__(self, "videos", videos)
+        object.__setattr__(self, "positions", positions)
         object.__setattr__(self, "ids", ids)
         object.__setattr__(self, "speakers", speakers)
         object.__setattr__(self, "split", split)
@@ -173,6 +182,8 @@ class MultimodalDataset:
             split=self.split[idx],
             label_kind=self.label_kind,
             source=self.source,
+            videos=self.videos[idx],
+            positions=self.positions[idx],
         )
 
     def split_subset(self, split: str) -> "MultimodalDataset":

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import DataError, MultimodalDataset
+from .videos import clip_positions
 
 __all__ = ["load_mosi_bclstm", "TEXT_DIM", "AUDIO_DIM", "VISUAL_DIM"]
 
@@ -159,9 +160,10 @@ def load_mosi_bclstm(directory: Path) -> MultimodalDataset:
     if len({spk for spk, _ in pairs}) != len(pairs) or len({num for _, num in pairs}) != len(pairs):
         raise DataError(f"{transcripts_path}: video numbers do not match the video part of the utterance ids one to one")
 
+    all_ids = np.concatenate(ids)
     return MultimodalDataset(
         name="mosi-bclstm",
-        ids=np.concatenate(ids),
+        ids=all_ids,
         speakers=all_speakers,
         text=np.concatenate(text),
         audio=np.concatenate(audio),
@@ -170,4 +172,6 @@ def load_mosi_bclstm(directory: Path) -> MultimodalDataset:
         split=np.concatenate(splits),
         label_kind="binary",
         source=str(directory),
+        videos=all_speakers,  # one speaker per video; its utterances are ordered by the clip number of the id
+        positions=clip_positions([utt.rsplit("_", 1)[1] for utt in all_ids.tolist()], all_speakers),
     )

@@ -96,12 +96,26 @@ def partition_indices(
     seed: int,
     *,
     label_kind: str | None = None,
+    videos: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Row indices of each partition: sorted int64 arrays, disjoint, together covering every row.
 
     ``label_kind`` ("binary" or "regression") only matters for the dirichlet rule; when None it is
-    inferred (binary if every label is 0 or 1). Deterministic for a given seed.
+    inferred (binary if every label is 0 or 1). Deterministic for a given seed. With ``videos`` (the
+    video of every row), "iid" and "dirichlet" assign whole videos (context models need them): the rule
+    runs on one row per video, labelled with the video's mean label (rounded for binary labels).
     """
+    if videos is not None and rule != "speaker":  # "speaker" already keeps a speaker's videos together
+        row_labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+        names, video_of_row = np.unique(np.asarray(videos).reshape(-1), return_inverse=True)
+        video_of_row = video_of_row.reshape(-1)
+        if len(video_of_row) != len(row_labels):
+            raise DataError(f"videos has {len(video_of_row)} rows but labels has {len(row_labels)}")
+        video_labels = np.bincount(video_of_row, weights=row_labels) / np.bincount(video_of_row)
+        if label_kind == "binary" or (label_kind is None and np.all((row_labels == 0) | (row_labels == 1))):
+            video_labels = np.round(video_labels)
+        parts = partition_indices(video_labels, names, num_partitions, rule, seed, label_kind=label_kind)
+        return [np.flatnonzero(np.isin(video_of_row, part)) for part in parts]
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
     speakers = np.asarray(speakers).reshape(-1)
     if len(labels) != len(speakers):
