@@ -21,7 +21,7 @@ import torch
 
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.metrics import summary_metrics
-from hydiscgan_fl.models import ConditionalGenerator, build_client_discriminators, build_shared_models
+from hydiscgan_fl.models import ConditionalGenerator, build_client_discriminators, build_shared_models, needs_context
 from hydiscgan_fl.training.data import UtteranceTensors, pick_device, to_tensors
 from hydiscgan_fl.training.loops import (
     local_alignment,
@@ -32,6 +32,7 @@ from hydiscgan_fl.training.loops import (
     train_multimodal,
     train_text_only,
 )
+from hydiscgan_fl.training.videos import Videos, full_layout
 
 CENTRAL_METHODS = ("text-only", "central-multimodal", "hydiscgan-central")
 
@@ -72,6 +73,9 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
     test_labels = test.labels.cpu().numpy()
     epochs = cfg.rounds_msa * cfg.local_epochs
     final: dict[str, float] = {}
+    context = needs_context(cfg)  # M reads whole videos: video batches in training, whole test videos
+    videos = Videos.of(dataset.split_subset("train")) if context else None
+    test_layout = full_layout(Videos.of(dataset.split_subset("test")) if context else None, device)
 
     def report(unit: str, done: int, total: int, preds: np.ndarray) -> None:
         final.clear()
@@ -86,14 +90,15 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
         return on_epoch
 
     if method == "text-only":
-        train_text_only(train.text, train.labels, label_kind, cfg, epochs, cfg.seed,
-                        on_epoch=per_epoch_group(lambda model: predict_text_only(model, test.text, label_kind)))
+        train_text_only(train.text, train.labels, label_kind, cfg, epochs, cfg.seed, videos=videos,
+                        on_epoch=per_epoch_group(lambda model: predict_text_only(model, test.text, label_kind,
+                                                                                 test_layout)))
         return CentralResult(final, train.text.cpu().numpy())
 
     shared = build_shared_models(dataset.dims, cfg, cfg.seed).to(device)
     if method == "central-multimodal":
-        train_multimodal(shared.msa, train, cfg, epochs, cfg.seed, label_kind,
-                         on_epoch=per_epoch_group(lambda msa: predict_multimodal(msa, test, label_kind)))
+        train_multimodal(shared.msa, train, cfg, epochs, cfg.seed, label_kind, videos=videos,
+                         on_epoch=per_epoch_group(lambda msa: predict_multimodal(msa, test, label_kind, test_layout)))
         return CentralResult(final, real_features(train))
 
     # hydiscgan-central: the federated schedule with one client that holds every training utterance.
@@ -103,6 +108,6 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
         if cfg.stage_of_round(server_round) == "align":
             local_alignment(shared, private, train, cfg, cfg.local_epochs, seed)
         else:
-            local_msa(shared, private, train, cfg, cfg.local_epochs, seed, label_kind)
-        report("round", server_round, cfg.total_rounds, predict(shared, test.text, label_kind))
+            local_msa(shared, private, train, cfg, cfg.local_epochs, seed, label_kind, videos=videos)
+        report("round", server_round, cfg.total_rounds, predict(shared, test.text, label_kind, test_layout))
     return CentralResult(final, generated_features(shared.generator, train.text))
