@@ -19,7 +19,8 @@ class LinearFusion(nn.Module):
         super().__init__()
         self.linear = nn.Linear(dims["text"] + dims["audio"] + dims["visual"], 1)
 
-    def forward(self, text: torch.Tensor, audio: torch.Tensor, visual: torch.Tensor, layout=None) -> torch.Tensor:  # noqa: ANN001
+    def forward(self, text: torch.Tensor, audio: torch.Tensor, visual: torch.Tensor,
+                layout=None) -> torch.Tensor:  # noqa: ANN001
         return self.linear(torch.cat([text, audio, visual], dim=1)).squeeze(1)
 
 
@@ -34,5 +35,5 @@ class LinearText(nn.Module):
         return self.linear(text).squeeze(1)
 
 
-LINEAR = MSAFamily(build=lambda dims, cfg: LinearFusion(dims), build_text_only=lambda text_dim, cfg: LinearText(text_dim),
-                   needs_context=False)
+LINEAR = MSAFamily(build=lambda dims, cfg: LinearFusion(dims),
+                   build_text_only=lambda text_dim, cfg: LinearText(text_dim), needs_context=False)

@@ -46,7 +46,8 @@ def video_structure(videos: object, positions: object, ids: np.ndarray, speakers
     position_values = raw_positions.astype(np.int64)
     if (position_values < 0).any():
         first = int(np.argmax(position_values < 0))
-        raise DataError(f"{where}field 'positions' must be >= 0 (row id {str(ids[first])!r} has {position_values[first]})")
+        raise DataError(f"{where}field 'positions' must be >= 0 "
+                        f"(row id {str(ids[first])!r} has {position_values[first]})")
     names, video_index = np.unique(raw_videos, return_inverse=True)
     video_index = video_index.reshape(-1)
     for field_name, values in (("speakers", speakers), ("split", split)):

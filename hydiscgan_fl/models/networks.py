@@ -92,7 +92,8 @@ class MSAModel(nn.Module):
         self.proj_visual = nn.Sequential(nn.Linear(dims["visual"], proj), nn.LayerNorm(proj), nn.GELU())
         self.head = _mlp(3 * proj, hidden, 1, dropout)
 
-    def forward(self, text: torch.Tensor, audio: torch.Tensor, visual: torch.Tensor, layout=None) -> torch.Tensor:  # noqa: ANN001
+    def forward(self, text: torch.Tensor, audio: torch.Tensor, visual: torch.Tensor,
+                layout=None) -> torch.Tensor:  # noqa: ANN001
         """One output per utterance; `layout` (whole videos) is ignored: this model reads no context."""
         fused = torch.cat([self.proj_text(text), self.proj_audio(audio), self.proj_visual(visual)], dim=1)
         return self.head(fused).squeeze(1)
