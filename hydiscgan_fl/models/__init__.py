@@ -7,8 +7,7 @@ Who holds what:
   layer (models.adversary).
 G and M are chosen by name in the run config (models.registry: `generator-model`, `msa-model`); M may
 read whole videos of utterances (`context-gru`). All features are utterance-level vectors; G writes into
-the real feature spaces (per-speaker standardised),
-so fake and real features can be compared directly.
+the real feature spaces (per-speaker standardised), so fake and real features can be compared directly.
 """
 
 from hydiscgan_fl.models.adversary import (
