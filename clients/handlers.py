@@ -37,6 +37,7 @@ from hydiscgan_fl.models import (
 from hydiscgan_fl.privacy.ledger import PrivacyLedger
 from hydiscgan_fl.privacy.reply_metrics import TIMING_KEY, WEIGHT_KEY, releasable_metrics
 from hydiscgan_fl.training import local_alignment, local_msa, pick_device, to_tensors, train_multimodal
+from hydiscgan_fl.training.videos import Videos
 
 PRIVATE_STATE_KEY = "private-models"
 ADVERSARY_STATE_KEY = "speaker-adversary"
@@ -99,10 +100,12 @@ def train(msg: Message, context: Context) -> Message:
             getattr(shared, component).load_state_dict(context.state[key].to_torch_state_dict())
 
     data = to_tensors(dataset, device)
+    videos = Videos.of(dataset) if shared.needs_context else None  # M reads whole videos (models.registry)
     seed = cfg.seed * 1_000_003 + server_round * 7919 + client_key
     privacy: dict[str, float] = {}
     if stage == "multimodal":  # the fedavg-multimodal baseline: M on real (t, a, v), no discriminators
-        losses = train_multimodal(shared.msa, data, cfg, local_epochs, seed, dataset.label_kind, proximal_mu)
+        losses = train_multimodal(shared.msa, data, cfg, local_epochs, seed, dataset.label_kind, proximal_mu,
+                                  videos=videos)
     elif stage in ("align", "msa"):
         private_seed = cfg.seed * 1_000_003 + client_key
         private = build_client_discriminators(dataset.dims, cfg, private_seed).to(device)
@@ -116,7 +119,8 @@ def train(msg: Message, context: Context) -> Message:
             if adversary is not None:
                 context.state[ADVERSARY_STATE_KEY] = ArrayRecord(adversary.state_dict())
         else:  # no DP-SGD here: stage 2 reads no audio/visual (hydiscgan_fl.privacy.dp_sgd)
-            losses = local_msa(shared, private, data, cfg, local_epochs, seed, dataset.label_kind, proximal_mu)
+            losses = local_msa(shared, private, data, cfg, local_epochs, seed, dataset.label_kind, proximal_mu,
+                               videos)
         context.state[PRIVATE_STATE_KEY] = ArrayRecord(private.state_dict())
         if ledger is not None:
             context.state[LEDGER_STATE_KEY] = ConfigRecord({"json": ledger.to_json()})

@@ -7,20 +7,24 @@ from flwr.app import Context
 
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.data import DataError, MultimodalDataset, load_partition, partition_indices
+from hydiscgan_fl.models import needs_context
 
 
 def client_dataset(cfg: HyDiscGANConfig, node_config: dict) -> MultimodalDataset:
     """This client's private training utterances.
 
     Deployment: node-config `data-path` names this node's partition file. Simulation: the training
-    split of `dataset` is partitioned with `partition` and this node takes `partition-id`.
+    split of `dataset` is partitioned with `partition` and this node takes `partition-id` (whole videos
+    when the MSA model needs context).
     """
     if "data-path" in node_config:
         dataset = load_partition(node_config["data-path"])
     else:
         full = cfg.load_dataset().split_subset("train")
         pid, parts = int(node_config["partition-id"]), int(node_config["num-partitions"])
-        dataset = full.subset(partition_indices(full.labels, full.speakers, parts, cfg.partition, cfg.seed)[pid])
+        videos = full.videos if needs_context(cfg) else None  # a context model needs whole videos per client
+        dataset = full.subset(partition_indices(full.labels, full.speakers, parts, cfg.partition, cfg.seed,
+                                                videos=videos)[pid])
     if len(dataset) < 2:
         raise DataError(f"client {node_config} holds {len(dataset)} utterance(s); it needs at least 2 to train")
     return dataset

@@ -110,6 +110,11 @@ class HyDiscGANConfig(BaseModel):
     # validation speakers, on no client; the reported round is the best on them (data with its own
     # "valid" split, MMSA's, keeps it).
     valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    # Models (hydiscgan_fl.models.registry) [msa-model, generator-model]: a registry name, or a user's entry as
+    # 'package.module:NAME'. "context-gru" reads whole videos: batches of videos; iid/dirichlet partitions
+    # then assign whole videos to clients.
+    msa_model: str = "mlp"
+    generator_model: str = "mlp"
 
     @field_validator("dataset")
     @classmethod
@@ -154,6 +159,14 @@ class HyDiscGANConfig(BaseModel):
         if _RULE_RE.match(value):
             return value
         raise ValueError(f"{value!r} is neither a rule name such as 'fedavg' nor 'package.module:Class'")
+
+    @field_validator("msa_model", "generator_model")
+    @classmethod
+    def _model_form(cls, value: str) -> str:
+        # The entry itself is resolved (and an unknown name reported) by hydiscgan_fl.models.registry.
+        if _RULE_RE.match(value):
+            return value
+        raise ValueError(f"{value!r} is neither a model name such as 'mlp' nor 'package.module:NAME'")
 
     @field_validator("method")
     @classmethod

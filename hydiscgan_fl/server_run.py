@@ -30,7 +30,7 @@ import torch
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
 from hydiscgan_fl.metrics import ValidationSelection, summary_metrics
-from hydiscgan_fl.models import build_shared_models
+from hydiscgan_fl.models import GENERATOR, MSA, VideoLayout, build_shared_models, needs_context, parameter_counts
 from hydiscgan_fl.run_files import RunDirectory, load_state
 from hydiscgan_fl.training import (
     UtteranceTensors,
@@ -41,6 +41,7 @@ from hydiscgan_fl.training import (
     to_tensors,
     train_text_only,
 )
+from hydiscgan_fl.training.videos import Videos, full_layout
 
 
 # Keys a resumed run may set differently from the run it continues (where things are, not what is computed).
@@ -49,10 +50,12 @@ RESUMABLE_CHANGES = ("resume-from", "stop-after-round", "output-dir", "data-dir"
 
 @dataclass(frozen=True)
 class TextSplit:
-    """Text features and labels of one split: what the server may hold."""
+    """Text features and labels of one split: what the server may hold; for context models (msa-model)
+    also the layout of its whole videos."""
 
     text: torch.Tensor
     labels: torch.Tensor
+    layout: VideoLayout | None = None
 
 
 class ServerRun:
@@ -73,6 +76,11 @@ class ServerRun:
         self.test = self._text_split(dataset, "test")
         self.valid_multimodal = self._multimodal_split(dataset, "valid") if multimodal else None
         self.test_multimodal = self._multimodal_split(dataset, "test") if multimodal else None
+        # Context models (msa-model) read whole videos: the video structure of the text is shareable metadata.
+        self.train_videos = Videos.of(dataset.split_subset("train")) if needs_context(cfg) else None
+        self.param_counts = parameter_counts(self.dims, cfg)
+        print("parameters: " + ", ".join(f"{name}={count:,}" for name, count in self.param_counts.items())
+              + f" (msa-model={cfg.msa_model}, generator-model={cfg.generator_model})")
         del dataset
         self.last_round = min(cfg.stop_after_round or cfg.total_rounds, cfg.total_rounds)  # of this Flower run
         self.resumed = self._resumed_state() if cfg.resume_from else None
@@ -128,7 +136,8 @@ class ServerRun:
     def _text_split(self, dataset, split: str) -> TextSplit:
         part = dataset.split_subset(split)
         as_tensor = lambda a: torch.tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
-        return TextSplit(as_tensor(part.text), as_tensor(part.labels))
+        layout = full_layout(Videos.of(part) if needs_context(self.cfg) else None, self.device)
+        return TextSplit(as_tensor(part.text), as_tensor(part.labels), layout)
 
     def _multimodal_split(self, dataset, split: str) -> UtteranceTensors:
         """Real (per-speaker standardised) audio/visual of a split: for the fedavg-multimodal baseline only."""
@@ -159,11 +168,11 @@ class ServerRun:
         shared = build_shared_models(self.dims, self.cfg, self.cfg.seed).to(self.device)
         if self.test_multimodal is None:
             shared.load_state_dict(state)
-            preds = predict(shared, text.text, self.label_kind)
+            preds = predict(shared, text.text, self.label_kind, text.layout)
         else:
             real = {"valid": self.valid_multimodal, "test": self.test_multimodal}[split]
             shared.msa.load_state_dict({key.removeprefix("msa."): value for key, value in state.items()})
-            preds = predict_multimodal(shared.msa, real, self.label_kind)
+            preds = predict_multimodal(shared.msa, real, self.label_kind, text.layout)
         return summary_metrics(preds, text.labels.cpu().numpy(), self.label_kind)
 
     def record_round(self, round_row: dict[str, Any], clients: list[Any], state: dict[str, torch.Tensor],
@@ -191,14 +200,14 @@ class ServerRun:
         selection = ValidationSelection(self.label_kind)
 
         def metrics(model: torch.nn.Module, split: TextSplit) -> dict[str, float]:
-            preds = predict_text_only(model, split.text, self.label_kind)
+            preds = predict_text_only(model, split.text, self.label_kind, split.layout)
             return summary_metrics(preds, split.labels.cpu().numpy(), self.label_kind)
 
         def on_epoch(epoch: int, model: torch.nn.Module) -> None:
             selection.offer(epoch, metrics(model, self.valid), metrics(model, self.test))
 
         model = train_text_only(self.train.text, self.train.labels, self.label_kind, self.cfg, epochs, self.cfg.seed,
-                                on_epoch=on_epoch)
+                                videos=self.train_videos, on_epoch=on_epoch)
         return {**selection.test, "selected_epoch": selection.step,
                 **{f"valid_{key}": value for key, value in selection.valid.items()},
                 **{f"last_{key}": value for key, value in metrics(model, self.test).items()}}
@@ -222,6 +231,7 @@ class ServerRun:
             **{f"last_{key}": value for key, value in last.items()},
             **{f"text_only_{key}": value for key, value in baseline.items()},
             "wall_s": time.time() - self.started,
+            "param_counts": self.param_counts,
             **extra,
         }
         if self.selection.step is not None:
@@ -234,8 +244,8 @@ class ServerRun:
         selected = self.selected_state if self.selected_state is not None else state
         cpu_state = {key: value.detach().cpu() for key, value in selected.items()}
         self.run_dir.save_checkpoint({
-            "generator": {k.removeprefix("generator."): v for k, v in cpu_state.items() if k.startswith("generator.")},
-            "msa": {k.removeprefix("msa."): v for k, v in cpu_state.items() if k.startswith("msa.")},
+            **{name: {k.removeprefix(f"{name}."): v for k, v in cpu_state.items() if k.startswith(f"{name}.")}
+               for name in (GENERATOR, MSA)},
             "round": self.selection.step if self.selected_state is not None else self.last_round,
             "dims": dict(self.dims),
             "config": self.cfg.to_run_config(),

@@ -41,7 +41,9 @@ class MultimodalDataset:
 
     ``labels`` are {0, 1} when ``label_kind == "binary"`` and continuous sentiment scores when
     ``label_kind == "regression"``. Feature arrays may have zero columns (the server's view of a
-    dataset holds audio and visual arrays of shape (N, 0)). Equality is identity (``eq=False``):
+    dataset holds audio and visual arrays of shape (N, 0)). ``videos`` and ``positions`` say which video
+    each utterance belongs to and where in it (see :mod:`hydiscgan_fl.data.videos`); left out, every
+    utterance is its own video. Equality is identity (``eq=False``):
     compare fields with numpy to compare contents.
     """
 
@@ -55,6 +57,8 @@ class MultimodalDataset:
     split: np.ndarray
     label_kind: str
     source: str = field(default="")
+    videos: np.ndarray | None = None
+    positions: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         src = str(self.source)
@@ -134,6 +138,11 @@ class MultimodalDataset:
                     f"(first bad row id {str(ids[first])!r}, value {float(labels[first])})"
                 )
 
+        from .videos import video_structure  # here: videos.py imports DataError from this module
+
+        videos, positions = video_structure(self.videos, self.positions, ids, speakers, split, where)
+        object.__setattr__(self, "videos", videos)
+        object.__setattr__(self, "positions", positions)
         object.__setattr__(self, "ids", ids)
         object.__setattr__(self, "speakers", speakers)
         object.__setattr__(self, "split", split)
@@ -175,6 +184,8 @@ class MultimodalDataset:
             split=self.split[idx],
             label_kind=self.label_kind,
             source=self.source,
+            videos=self.videos[idx],
+            positions=self.positions[idx],
         )
 
     def split_subset(self, split: str) -> "MultimodalDataset":
@@ -219,7 +230,8 @@ class ServerView(MultimodalDataset):
         empty = np.zeros((n, 0), dtype=np.float32)
         return cls(name=dataset.name, ids=dataset.ids, speakers=dataset.speakers, text=dataset.text, audio=empty,
                    visual=empty, labels=dataset.labels, split=dataset.split, label_kind=dataset.label_kind,
-                   source=dataset.source, feature_dims=dict(feature_dims or dataset.dims))
+                   source=dataset.source, videos=dataset.videos, positions=dataset.positions,
+                   feature_dims=dict(feature_dims or dataset.dims))
 
 
 # Seeds the draw of validation speakers apart from the partitioners, which use the bare run seed.

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .dataset import DataError, MultimodalDataset, ServerView
+from .videos import clip_positions
 
 __all__ = ["load_mmsa_pickle", "RestrictedUnpickler", "ALLOWED_GLOBALS"]
 
@@ -145,6 +146,13 @@ def _speaker_of(utt: str) -> str:
     return utt.rpartition("_")[0] or utt
 
 
+def _clip_of(utt: str) -> str:
+    """The clip part of an id, after the separator that `_speaker_of` splits at ("" when there is none)."""
+    if "$_$" in utt:
+        return utt.rpartition("$_$")[2]
+    return utt.rpartition("_")[2] if "_" in utt else ""
+
+
 def load_mmsa_pickle(path: Path, text_only: bool = False) -> MultimodalDataset:
     """Read an MMSA feature pickle (restricted unpickler) into a regression-label dataset.
 
@@ -207,10 +215,11 @@ def load_mmsa_pickle(path: Path, text_only: bool = False) -> MultimodalDataset:
         if len(sizes) != 1:
             raise DataError(f"{path}: field '{field}' has different feature sizes across splits: {sorted(sizes)}")
 
+    ids, videos = np.concatenate(parts["ids"]), np.concatenate(parts["speakers"])
     dataset = MultimodalDataset(
         name="mmsa",
-        ids=np.concatenate(parts["ids"]),
-        speakers=np.concatenate(parts["speakers"]),
+        ids=ids,
+        speakers=videos,
         text=np.concatenate(parts["text"]),
         audio=np.concatenate(parts["audio"]),
         visual=np.concatenate(parts["visual"]),
@@ -218,6 +227,8 @@ def load_mmsa_pickle(path: Path, text_only: bool = False) -> MultimodalDataset:
         split=np.concatenate(parts["split"]),
         label_kind="regression",
         source=str(path),
+        videos=videos,  # an MMSA id is "<video>$_$<clip>": the clip number orders a video's utterances
+        positions=clip_positions([_clip_of(utt) for utt in ids.tolist()], videos),
     )
     if text_only:
         dims = {"text": dataset.dims["text"], **{field: next(iter(widths[field])) for field in ("audio", "visual")}}

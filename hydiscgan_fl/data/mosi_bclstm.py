@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import DataError, MultimodalDataset, ServerView
+from .videos import clip_positions
 
 __all__ = ["load_mosi_bclstm", "TEXT_DIM", "AUDIO_DIM", "VISUAL_DIM"]
 
@@ -170,16 +171,19 @@ def load_mosi_bclstm(directory: Path, text_only: bool = False) -> MultimodalData
     if len({spk for spk, _ in pairs}) != len(pairs) or len({num for _, num in pairs}) != len(pairs):
         raise DataError(f"{transcripts_path}: video numbers do not match the video part of the utterance ids one to one")
 
-    n = len(all_speakers)
+    utterance_ids = np.concatenate(ids)
+    n = len(utterance_ids)
     rows = dict(
         name="mosi-bclstm",
-        ids=np.concatenate(ids),
+        ids=utterance_ids,
         speakers=all_speakers,
         text=np.concatenate(text),
         labels=np.concatenate(labels),
         split=np.concatenate(splits),
         label_kind="binary",
         source=str(directory),
+        videos=all_speakers,  # one speaker per video; its utterances are ordered by the clip number of the id
+        positions=clip_positions([utt.rsplit("_", 1)[1] for utt in utterance_ids.tolist()], all_speakers),
     )
     if text_only:
         empty = np.zeros((n, 0), dtype=np.float32)

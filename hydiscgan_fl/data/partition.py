@@ -65,10 +65,10 @@ def _classes(labels: np.ndarray, label_kind: str | None) -> np.ndarray:
 
 
 def _dirichlet_partitions(
-    rule: str, alpha: float, classes: np.ndarray, num_partitions: int, rng: np.random.Generator
+    rule: str, alpha: float, classes: np.ndarray, num_partitions: int, rng: np.random.Generator, sizes: np.ndarray
 ) -> list[np.ndarray]:
-    n = len(classes)
-    min_rows = min(10, n // num_partitions)
+    """Units (rows, or whole videos of `sizes` rows) per partition; the minimum is counted in rows."""
+    min_rows = min(10, int(sizes.sum()) // num_partitions)
     class_rows = [np.flatnonzero(classes == c) for c in np.unique(classes)]
     for _ in range(DIRICHLET_MAX_TRIES):
         parts: list[list[np.ndarray]] = [[] for _ in range(num_partitions)]
@@ -79,13 +79,25 @@ def _dirichlet_partitions(
             for p, piece in enumerate(np.split(shuffled, cuts)):
                 parts[p].append(piece)
         result = [np.concatenate(pieces) for pieces in parts]
-        if min(len(r) for r in result) >= min_rows:
+        if min(int(sizes[r].sum()) for r in result) >= min_rows:
             return result
     raise _rule_error(
         rule,
         f"could not give every one of {num_partitions} partitions at least {min_rows} rows in "
         f"{DIRICHLET_MAX_TRIES} draws; use a larger alpha or fewer partitions",
     )
+
+
+def _whole_videos(videos: np.ndarray, labels: np.ndarray, label_kind: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The video of each row (as a number) and each video's mean label (rounded for binary labels)."""
+    _, video_of_row = np.unique(np.asarray(videos).reshape(-1), return_inverse=True)
+    video_of_row = video_of_row.reshape(-1)
+    if len(video_of_row) != len(labels):
+        raise DataError(f"videos has {len(video_of_row)} rows but labels has {len(labels)}")
+    video_labels = np.bincount(video_of_row, weights=labels) / np.bincount(video_of_row)
+    if label_kind == "binary" or (label_kind is None and np.all((labels == 0) | (labels == 1))):
+        video_labels = np.round(video_labels)
+    return video_of_row, video_labels
 
 
 def partition_indices(
@@ -96,11 +108,15 @@ def partition_indices(
     seed: int,
     *,
     label_kind: str | None = None,
+    videos: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Row indices of each partition: sorted int64 arrays, disjoint, together covering every row.
 
     ``label_kind`` ("binary" or "regression") only matters for the dirichlet rule; when None it is
-    inferred (binary if every label is 0 or 1). Deterministic for a given seed.
+    inferred (binary if every label is 0 or 1). Deterministic for a given seed. With ``videos`` (the
+    video of every row), "iid" and "dirichlet" assign whole videos (context models need them): iid splits
+    the shuffled videos into near-equal counts; dirichlet draws as for rows, one unit per video labelled
+    with its mean label (rounded for binary labels), and counts the minimum partition size in rows.
     """
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
     speakers = np.asarray(speakers).reshape(-1)
@@ -117,11 +133,18 @@ def partition_indices(
     if not isinstance(rule, str):
         raise _rule_error(str(rule), "rule must be a string")
     rng = np.random.default_rng(seed)
+    # The units iid and dirichlet assign: rows, or whole videos (one unit per video, with its mean label).
+    unit_of_row, unit_labels = np.arange(n), labels
+    if videos is not None and rule != "speaker":  # "speaker" keeps a speaker's videos together anyway
+        unit_of_row, unit_labels = _whole_videos(videos, labels, label_kind)
+        if num_partitions > len(unit_labels):
+            raise _rule_error(rule, f"{num_partitions} partitions requested but there are only {len(unit_labels)} "
+                                    "videos (a video is never split across partitions)")
 
     if rule == "speaker":
         parts = _speaker_partitions(speakers, num_partitions, rng)
     elif rule == "iid":
-        parts = np.array_split(rng.permutation(n), num_partitions)
+        parts = np.array_split(rng.permutation(len(unit_labels)), num_partitions)
     elif rule.startswith("dirichlet:"):
         text = rule.split(":", 1)[1].strip()
         try:
@@ -132,7 +155,10 @@ def partition_indices(
             raise _rule_error(rule, f"alpha must be a finite number > 0, got {text!r}")
         if not np.all(np.isfinite(labels)):
             raise DataError(f"partition rule {rule!r}: labels contain NaN/Inf")
-        parts = _dirichlet_partitions(rule, alpha, _classes(labels, label_kind), num_partitions, rng)
+        parts = _dirichlet_partitions(rule, alpha, _classes(unit_labels, label_kind), num_partitions, rng,
+                                      np.bincount(unit_of_row))
     else:
         raise _rule_error(rule, "unknown rule")
+    if rule != "speaker":  # units -> their rows
+        parts = [np.flatnonzero(np.isin(unit_of_row, part)) for part in parts]
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]

@@ -2,8 +2,8 @@
 
 Each file is a compressed ``.npz`` holding the arrays ``ids``, ``speakers``, ``split`` (unicode),
 ``text``, ``audio``, ``visual``, ``labels`` (float32) and the 0-d unicode scalars ``name``,
-``label_kind`` and ``source``. It is read back with ``np.load(..., allow_pickle=False)``, so a
-file from an untrusted place cannot run code.
+``label_kind`` and ``source``, and the video structure ``videos`` (unicode) and ``positions`` (int64).
+It is read back with ``np.load(..., allow_pickle=False)``, so a file from an untrusted place cannot run code.
 
 :func:`write_partitions` writes one ``partition-<i>.npz`` per client (that client's TRAIN rows,
 all modalities) and ``server.npz``: the server's shareable view of all rows (train, valid and test),
@@ -36,6 +36,8 @@ SCALAR_FIELDS = ("name", "label_kind", "source")
 _STRING_FIELDS = ("ids", "speakers", "split")
 SERVER_FILE = "server.npz"
 _DIM_FIELDS = ("audio_dim", "visual_dim")
+# The video structure (str, int64); optional on reading: files written without it get one-utterance videos.
+VIDEO_FIELDS = ("videos", "positions")
 
 
 def save_partition(dataset: MultimodalDataset, path: Path) -> None:
@@ -48,6 +50,7 @@ def save_partition(dataset: MultimodalDataset, path: Path) -> None:
         arrays[name] = np.asarray(value, dtype=str) if name in _STRING_FIELDS else np.asarray(value, dtype=np.float32)
     for name in SCALAR_FIELDS:
         arrays[name] = np.array(str(getattr(dataset, name)), dtype=str)
+    arrays.update(videos=np.asarray(dataset.videos, dtype=str), positions=np.asarray(dataset.positions, dtype=np.int64))
     if isinstance(dataset, ServerView):
         for name in _DIM_FIELDS:
             arrays[name] = np.array(dataset.feature_dims[name.removesuffix("_dim")], dtype=np.int64)
@@ -80,6 +83,8 @@ def load_partition(path: Path) -> MultimodalDataset:
                     if field not in present:
                         raise DataError(f"{path}: missing field '{field}'")
                     values[field] = archive[field]
+                for field in VIDEO_FIELDS:
+                    values[field] = archive[field] if field in present else None
     except DataError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
@@ -102,6 +107,8 @@ def load_partition(path: Path) -> MultimodalDataset:
             split=values["split"],
             label_kind=str(values["label_kind"]),
             source=str(values["source"]),
+            videos=values["videos"],
+            positions=values["positions"],
         )
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
@@ -126,7 +133,7 @@ def load_server_view(path: Path) -> ServerView:
         if value.ndim != 0 or value.dtype.kind not in "iu":
             raise DataError(f"{path}: field '{name}' must be an integer scalar")
     return ServerView(
-        **{name: getattr(base, name) for name in (*ARRAY_FIELDS, *SCALAR_FIELDS)},
+        **{name: getattr(base, name) for name in (*ARRAY_FIELDS, *SCALAR_FIELDS, *VIDEO_FIELDS)},
         feature_dims={name.removesuffix("_dim"): int(value) for name, value in raw.items()},
     )
 

@@ -125,6 +125,8 @@ def make_synthetic(
         labels=labels,
         split=np.where(is_test, "test", "train"),
         label_kind="regression",
+        videos=speaker_names[speaker_index],  # a speaker's utterances, in order, form its video
+        positions=clip,
         source=(
             f"make_synthetic(seed={seed}, num_speakers={num_speakers}, utterances_per_speaker={utterances_per_speaker}, "
             f"text_dim={text_dim}, audio_dim={audio_dim}, visual_dim={visual_dim}, test_fraction={test_fraction})"

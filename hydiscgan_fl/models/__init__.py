@@ -5,8 +5,9 @@ Who holds what:
 - clients only (never sent): the feature encoders E_a, E_v and the text-conditioned discriminators D_a, D_v.
   With adversarial identity unlearning (adv-lambda > 0) also a speaker adversary behind a gradient-reversal
   layer (models.adversary).
-All features are utterance-level vectors; G writes into the real feature spaces (per-speaker standardised),
-so fake and real features can be compared directly.
+G and M are chosen by name in the run config (models.registry: `generator-model`, `msa-model`); M may
+read whole videos of utterances (`context-gru`). All features are utterance-level vectors; G writes into
+the real feature spaces (per-speaker standardised), so fake and real features can be compared directly.
 """
 
 from hydiscgan_fl.models.adversary import (
@@ -21,14 +22,35 @@ from hydiscgan_fl.models.networks import (
     Discriminator,
     FeatureEncoder,
     MSAModel,
-    SharedModels,
     TextOnlyModel,
     build_client_discriminators,
-    build_shared_models,
 )
+from hydiscgan_fl.models.components import GENERATOR, MSA, SHARED_COMPONENTS
+from hydiscgan_fl.models.registry import (
+    GENERATORS,
+    MSA_MODELS,
+    MSAFamily,
+    GeneratorEntry,
+    build_text_only_model,
+    needs_context,
+    parameter_counts,
+)
+from hydiscgan_fl.models.shared import SharedModels, build_shared_models
+from hydiscgan_fl.models.video_layout import VideoLayout
 
 __all__ = [
+    "GENERATOR",
+    "GENERATORS",
+    "MSA",
+    "MSA_MODELS",
+    "SHARED_COMPONENTS",
     "ClientDiscriminators",
+    "GeneratorEntry",
+    "MSAFamily",
+    "VideoLayout",
+    "build_text_only_model",
+    "needs_context",
+    "parameter_counts",
     "ConditionalGenerator",
     "Discriminator",
     "FeatureEncoder",

@@ -1,4 +1,4 @@
-"""Generator, encoders, discriminators and the MSA model (sizes come from HyDiscGANConfig)."""
+"""Generator, encoders, discriminators and the MLP family of MSA models (sizes come from HyDiscGANConfig)."""
 
 from __future__ import annotations
 
@@ -92,7 +92,9 @@ class MSAModel(nn.Module):
         self.proj_visual = nn.Sequential(nn.Linear(dims["visual"], proj), nn.LayerNorm(proj), nn.GELU())
         self.head = _mlp(3 * proj, hidden, 1, dropout)
 
-    def forward(self, text: torch.Tensor, audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+    def forward(self, text: torch.Tensor, audio: torch.Tensor, visual: torch.Tensor,
+                layout=None) -> torch.Tensor:  # noqa: ANN001
+        """One output per utterance; `layout` (whole videos) is ignored: this model reads no context."""
         fused = torch.cat([self.proj_text(text), self.proj_audio(audio), self.proj_visual(visual)], dim=1)
         return self.head(fused).squeeze(1)
 
@@ -106,31 +108,8 @@ class TextOnlyModel(nn.Module):
         self.proj_text = nn.Sequential(nn.Linear(text_dim, proj), nn.LayerNorm(proj), nn.GELU())
         self.head = _mlp(proj, hidden, 1, dropout)
 
-    def forward(self, text: torch.Tensor) -> torch.Tensor:
+    def forward(self, text: torch.Tensor, layout=None) -> torch.Tensor:  # noqa: ANN001 - ignored, as in MSAModel
         return self.head(self.proj_text(text)).squeeze(1)
-
-
-class SharedModels(nn.Module):
-    """The federated part: G and M. state_dict keys are prefixed 'generator.' and 'msa.'."""
-
-    COMPONENTS = ("generator", "msa")
-
-    def __init__(self, dims: dict[str, int], cfg: HyDiscGANConfig):
-        super().__init__()
-        self.generator = ConditionalGenerator(
-            dims["text"], dims["audio"], dims["visual"], cfg.noise_dim, cfg.hidden_dim, cfg.dropout
-        )
-        self.msa = MSAModel(dims, cfg.hidden_dim, cfg.dropout)
-
-    def predict(self, text: torch.Tensor) -> torch.Tensor:
-        """Text-only inference: y_hat = M(t, G(t, z=0))."""
-        fake_audio, fake_visual = self.generator(text)
-        return self.msa(text, fake_audio, fake_visual)
-
-
-def build_shared_models(dims: dict[str, int], cfg: HyDiscGANConfig, seed: int) -> SharedModels:
-    torch.manual_seed(seed)
-    return SharedModels(dims, cfg)
 
 
 def build_client_discriminators(dims: dict[str, int], cfg: HyDiscGANConfig, seed: int) -> ClientDiscriminators:

@@ -26,7 +26,13 @@ import torch
 
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.metrics import ValidationSelection, summary_metrics
-from hydiscgan_fl.models import ConditionalGenerator, build_client_discriminators, build_shared_models
+from hydiscgan_fl.models import (
+    ConditionalGenerator,
+    VideoLayout,
+    build_client_discriminators,
+    build_shared_models,
+    needs_context,
+)
 from hydiscgan_fl.training.data import UtteranceTensors, pick_device, to_tensors
 from hydiscgan_fl.training.loops import (
     local_alignment,
@@ -37,6 +43,7 @@ from hydiscgan_fl.training.loops import (
     train_multimodal,
     train_text_only,
 )
+from hydiscgan_fl.training.videos import Videos, full_layout
 
 CENTRAL_METHODS = ("text-only", "central-multimodal", "hydiscgan-central")
 
@@ -79,33 +86,40 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
     label_kind = dataset.label_kind
     epochs = cfg.rounds_msa * cfg.local_epochs
     selection = ValidationSelection(label_kind)
+    context = needs_context(cfg)  # M reads whole videos: video batches in training, whole videos at evaluation
+    videos = Videos.of(dataset.split_subset("train")) if context else None
+    valid_layout, test_layout = (full_layout(Videos.of(dataset.split_subset(split)) if context else None, device)
+                                 for split in ("valid", "test"))
+    Predict = Callable[[UtteranceTensors, VideoLayout | None], np.ndarray]  # (split, its layout) -> predictions
 
-    def report(unit: str, done: int, total: int, predict_on: Callable[[UtteranceTensors], np.ndarray]) -> bool:
+    def report(unit: str, done: int, total: int, predict_on: Predict) -> bool:
         """Evaluate one step; True when it is the best on validation so far."""
-        test_metrics = summary_metrics(predict_on(test), test.labels.cpu().numpy(), label_kind)
+        test_metrics = summary_metrics(predict_on(test, test_layout), test.labels.cpu().numpy(), label_kind)
         if progress is not None:
             progress(unit, done, total, test_metrics)
-        valid_metrics = summary_metrics(predict_on(valid), valid.labels.cpu().numpy(), label_kind)
+        valid_metrics = summary_metrics(predict_on(valid, valid_layout), valid.labels.cpu().numpy(), label_kind)
         return selection.offer(done, valid_metrics, test_metrics)
 
-    def per_epoch_group(predict_split: Callable[[torch.nn.Module, UtteranceTensors], np.ndarray]):
+    def per_epoch_group(predict_split: Callable[[torch.nn.Module, UtteranceTensors, VideoLayout | None], np.ndarray]):
         def on_epoch(epoch: int, model: torch.nn.Module) -> None:
             if epoch % cfg.local_epochs == 0 or epoch == epochs:
-                report("epoch", epoch, epochs, lambda split: predict_split(model, split))
+                report("epoch", epoch, epochs, lambda split, layout: predict_split(model, split, layout))
         return on_epoch
 
     def result(features: np.ndarray) -> CentralResult:
         return CentralResult(dict(selection.test), int(selection.step), features)
 
     if method == "text-only":
-        train_text_only(train.text, train.labels, label_kind, cfg, epochs, cfg.seed,
-                        on_epoch=per_epoch_group(lambda model, split: predict_text_only(model, split.text, label_kind)))
+        train_text_only(train.text, train.labels, label_kind, cfg, epochs, cfg.seed, videos=videos,
+                        on_epoch=per_epoch_group(lambda model, split, layout: predict_text_only(model, split.text,
+                                                                                                label_kind, layout)))
         return result(train.text.cpu().numpy())
 
     shared = build_shared_models(dataset.dims, cfg, cfg.seed).to(device)
     if method == "central-multimodal":
-        train_multimodal(shared.msa, train, cfg, epochs, cfg.seed, label_kind,
-                         on_epoch=per_epoch_group(lambda msa, split: predict_multimodal(msa, split, label_kind)))
+        train_multimodal(shared.msa, train, cfg, epochs, cfg.seed, label_kind, videos=videos,
+                         on_epoch=per_epoch_group(lambda msa, split, layout: predict_multimodal(msa, split, label_kind,
+                                                                                                layout)))
         return result(real_features(train))
 
     # hydiscgan-central: the federated schedule with one client that holds every training utterance.
@@ -115,8 +129,9 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
         if cfg.stage_of_round(server_round) == "align":
             local_alignment(shared, private, train, cfg, cfg.local_epochs, seed)
         else:
-            local_msa(shared, private, train, cfg, cfg.local_epochs, seed, label_kind)
-        if report("round", server_round, cfg.total_rounds, lambda split: predict(shared, split.text, label_kind)):
+            local_msa(shared, private, train, cfg, cfg.local_epochs, seed, label_kind, videos=videos)
+        if report("round", server_round, cfg.total_rounds,
+                  lambda split, layout: predict(shared, split.text, label_kind, layout)):
             selected_generator = copy.deepcopy(shared.generator.state_dict())
     shared.generator.load_state_dict(selected_generator)
     return result(generated_features(shared.generator, train.text))

@@ -11,12 +11,21 @@ import torch
 from torch import nn
 
 from hydiscgan_fl.config import HyDiscGANConfig
-from hydiscgan_fl.models import ClientDiscriminators, MSAModel, SharedModels, SpeakerAdversary, TextOnlyModel
+from hydiscgan_fl.models import (
+    ClientDiscriminators,
+    MSAModel,
+    SharedModels,
+    SpeakerAdversary,
+    TextOnlyModel,
+    VideoLayout,
+    build_text_only_model,
+)
 from hydiscgan_fl.privacy.dp_sgd import UtteranceDP
 from hydiscgan_fl.privacy.ledger import PrivacyLedger
 from hydiscgan_fl.training.data import UtteranceTensors, minibatches
 from hydiscgan_fl.training.losses import proximal_term, sentiment_loss
 from hydiscgan_fl.training.steps import discriminator_step, generator_alignment_step, msa_step
+from hydiscgan_fl.training.videos import Videos, batches
 
 
 def _adam(params, lr: float, cfg: HyDiscGANConfig) -> torch.optim.Optimizer:
@@ -122,8 +131,10 @@ def local_msa(
     seed: int,
     label_kind: str,
     proximal_mu: float = 0.0,
+    videos: Videos | None = None,
 ) -> dict[str, float]:
-    """Stage 2 on one client: train M and fine-tune G with the discriminators frozen."""
+    """Stage 2 on one client: train M and fine-tune G with the discriminators frozen (batches of whole
+    `videos` when M needs context)."""
     rng = _seeded(seed)
     shared.train()
     if private is not None:
@@ -140,11 +151,11 @@ def local_msa(
     history: dict[str, list[float]] = defaultdict(list)
     try:
         for _ in range(epochs):
-            for index in minibatches(len(data), cfg.batch_size, rng):
-                batch = data.rows(index.to(data.text.device))
+            for index, layout in batches(len(data), cfg.batch_size, rng, videos, data.text.device):
+                batch = data.rows(index)
                 noise = shared.generator.sample_noise(len(index), rng).to(data.text.device)
                 _record(history, msa_step(shared, private, batch, optimizer, cfg, noise, label_kind, anchors,
-                                          proximal_mu))
+                                          proximal_mu, layout))
     finally:
         if private is not None:
             private.requires_grad_(True)
@@ -160,6 +171,7 @@ def train_multimodal(
     label_kind: str,
     proximal_mu: float = 0.0,
     on_epoch: Callable[[int, MSAModel], None] | None = None,
+    videos: Videos | None = None,
 ) -> dict[str, float]:
     """M(t, a, v) on real (per-speaker standardised) audio/visual: the privacy-violating baselines.
 
@@ -172,9 +184,9 @@ def train_multimodal(
     history: dict[str, list[float]] = defaultdict(list)
     for epoch in range(epochs):
         msa.train()
-        for index in minibatches(len(data), cfg.batch_size, rng):
-            batch = data.rows(index.to(data.text.device))
-            loss_task = sentiment_loss(msa(batch.text, batch.audio, batch.visual), batch.labels, label_kind)
+        for index, layout in batches(len(data), cfg.batch_size, rng, videos, data.text.device):
+            batch = data.rows(index)
+            loss_task = sentiment_loss(msa(batch.text, batch.audio, batch.visual, layout), batch.labels, label_kind)
             loss = loss_task
             if anchors is not None:
                 loss = loss + proximal_term(list(msa.parameters()), anchors, proximal_mu)
@@ -193,17 +205,18 @@ def _scores(outputs: torch.Tensor, label_kind: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict(shared: SharedModels, text: torch.Tensor, label_kind: str) -> np.ndarray:
+def predict(shared: SharedModels, text: torch.Tensor, label_kind: str, layout: VideoLayout | None = None) -> np.ndarray:
     """Text-only inference y_hat = M(t, G(t, 0)): probabilities for binary labels, scores otherwise."""
     shared.eval()
-    return _scores(shared.predict(text), label_kind)
+    return _scores(shared.predict(text, layout), label_kind)
 
 
 @torch.no_grad()
-def predict_multimodal(msa: MSAModel, data: UtteranceTensors, label_kind: str) -> np.ndarray:
+def predict_multimodal(msa: MSAModel, data: UtteranceTensors, label_kind: str,
+                       layout: VideoLayout | None = None) -> np.ndarray:
     """Inference of the multimodal baselines, y_hat = M(t, a, v) on real audio/visual."""
     msa.eval()
-    return _scores(msa(data.text, data.audio, data.visual), label_kind)
+    return _scores(msa(data.text, data.audio, data.visual, layout), label_kind)
 
 
 @torch.no_grad()
@@ -217,19 +230,19 @@ def alignment_error(shared: SharedModels, data: UtteranceTensors) -> float:
 def train_text_only(
     text: torch.Tensor, labels: torch.Tensor, label_kind: str, cfg: HyDiscGANConfig, epochs: int, seed: int,
     on_epoch: Callable[[int, TextOnlyModel], None] | None = None,
+    videos: Videos | None = None,
 ) -> TextOnlyModel:
-    """The text-only baseline, trained centrally with M's optimiser settings.
+    """The text-only baseline of M's family (`msa-model`), trained centrally with M's optimiser settings.
 
-    `on_epoch(epoch, model)` is called after each epoch."""
+    `on_epoch(epoch, model)` is called after each epoch; `videos` when the family needs context."""
     torch.manual_seed(seed)
-    model = TextOnlyModel(text.shape[1], cfg.hidden_dim, cfg.dropout).to(text.device)
+    model = build_text_only_model(text.shape[1], cfg).to(text.device)
     optimizer = _adam(model.parameters(), cfg.lr_msa, cfg)
     rng = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         model.train()
-        for index in minibatches(text.shape[0], cfg.batch_size, rng):
-            index = index.to(text.device)
-            loss = sentiment_loss(model(text[index]), labels[index], label_kind)
+        for index, layout in batches(text.shape[0], cfg.batch_size, rng, videos, text.device):
+            loss = sentiment_loss(model(text[index], layout), labels[index], label_kind)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -239,6 +252,7 @@ def train_text_only(
 
 
 @torch.no_grad()
-def predict_text_only(model: TextOnlyModel, text: torch.Tensor, label_kind: str) -> np.ndarray:
+def predict_text_only(model: TextOnlyModel, text: torch.Tensor, label_kind: str,
+                      layout: VideoLayout | None = None) -> np.ndarray:
     model.eval()
-    return _scores(model(text), label_kind)
+    return _scores(model(text, layout), label_kind)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from hydiscgan_fl.config import HyDiscGANConfig
-from hydiscgan_fl.models import ClientDiscriminators, SharedModels, SpeakerAdversary
+from hydiscgan_fl.models import ClientDiscriminators, SharedModels, SpeakerAdversary, VideoLayout
 from hydiscgan_fl.training.data import UtteranceTensors
 from hydiscgan_fl.training.losses import (
     fool_loss,
@@ -111,10 +111,13 @@ def msa_step(
     label_kind: str,
     anchors: list[torch.Tensor] | None = None,
     proximal_mu: float = 0.0,
+    layout: VideoLayout | None = None,
 ) -> dict[str, float]:
-    """Train M on (t, G(t, z)) and fine-tune G; frozen D keeps the fakes on the real manifold."""
+    """Train M on (t, G(t, z)) and fine-tune G; frozen D keeps the fakes on the real manifold.
+
+    G and D work per utterance; M reads the batch's whole videos through `layout` when it needs context."""
     fake_audio, fake_visual = shared.generator(batch.text, noise)
-    outputs = shared.msa(batch.text, fake_audio, fake_visual)
+    outputs = shared.msa(batch.text, fake_audio, fake_visual, layout)
     loss_task = sentiment_loss(outputs, batch.labels, label_kind)
     loss = loss_task
     metrics = {"loss_task": loss_task.item()}

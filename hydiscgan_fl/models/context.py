@@ -1,0 +1,53 @@
+"""The ``context-gru`` family: a bidirectional GRU over a video's utterances, one output per utterance.
+
+As bc-LSTM (Poria et al., ACL 2017): each utterance vector is projected, a BiGRU reads the video's
+utterances in order, and a per-utterance head reads the GRU state beside the utterance's own projection.
+M reads [t; a; v] per utterance (in HyDiscGAN [t; G(t)], so from text alone at test time); its text-only
+family member reads t. Sequences are packed, so padding never changes an output.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from hydiscgan_fl.models.networks import _mlp
+from hydiscgan_fl.models.video_layout import VideoLayout
+
+
+class ContextGRU(nn.Module):
+    """Per-utterance outputs from utterance vectors (N, in_dim) of whole videos laid out by a VideoLayout."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.project = nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout))
+        self.gru = nn.GRU(hidden, hidden // 2, batch_first=True, bidirectional=True)
+        self.head = _mlp(hidden + 2 * (hidden // 2), hidden, 1, dropout)
+
+    def read(self, rows: torch.Tensor, layout: VideoLayout | None) -> torch.Tensor:
+        if layout is None:
+            raise ValueError("the context-gru model reads whole videos: it needs the VideoLayout of its rows")
+        projected = self.project(rows)
+        padded = layout.pad(projected)
+        packed = pack_padded_sequence(padded, layout.lengths.cpu(), batch_first=True, enforce_sorted=False)
+        context, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=padded.shape[1])
+        return self.head(torch.cat([layout.unpad(context), projected], dim=1)).squeeze(1)
+
+
+class ContextGRUMSA(ContextGRU):
+    """M(t, a, v, layout) of the context-gru family."""
+
+    def __init__(self, dims: dict[str, int], hidden: int, dropout: float):
+        super().__init__(dims["text"] + dims["audio"] + dims["visual"], hidden, dropout)
+
+    def forward(self, text: torch.Tensor, audio: torch.Tensor, visual: torch.Tensor,
+                layout: VideoLayout | None = None) -> torch.Tensor:
+        return self.read(torch.cat([text, audio, visual], dim=1), layout)
+
+
+class ContextGRUTextOnly(ContextGRU):
+    """The text-only member of the context-gru family."""
+
+    def forward(self, text: torch.Tensor, layout: VideoLayout | None = None) -> torch.Tensor:
+        return self.read(text, layout)

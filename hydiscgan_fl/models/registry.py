@@ -1,0 +1,107 @@
+"""Model registries: the generator G and the MSA model M are chosen by name in the run config.
+
+``generator-model`` and ``msa-model`` name an entry of :data:`GENERATORS` / :data:`MSA_MODELS`, or
+a user's entry as ``package.module:NAME`` (like aggregation rules), NAME being a :class:`GeneratorEntry` /
+:class:`MSAFamily` instance. Interfaces the training code relies on:
+
+- G: ``G(text, noise=None) -> (fake_audio, fake_visual)``, per utterance, with ``noise_dim`` and
+  ``sample_noise(batch, generator)`` (see :class:`ConditionalGenerator`);
+- M: ``M(text, audio, visual, layout=None) -> (N,)`` outputs, one per row; the text-only member of its
+  family ``B(text, layout=None) -> (N,)``. ``layout`` (a :class:`VideoLayout`) is given exactly when the
+  family ``needs_context``: its rows are then whole videos.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from torch import nn
+
+from hydiscgan_fl.config import HyDiscGANConfig
+from hydiscgan_fl.models.components import GENERATOR, MSA
+from hydiscgan_fl.models.context import ContextGRUMSA, ContextGRUTextOnly
+from hydiscgan_fl.models.networks import ClientDiscriminators, ConditionalGenerator, MSAModel, TextOnlyModel
+
+Dims = dict[str, int]
+
+
+@dataclass(frozen=True)
+class GeneratorEntry:
+    build: Callable[[Dims, HyDiscGANConfig], nn.Module]  # G from the feature dims
+
+
+@dataclass(frozen=True)
+class MSAFamily:
+    build: Callable[[Dims, HyDiscGANConfig], nn.Module]  # M(t, a, v, layout) from the feature dims
+    build_text_only: Callable[[int, HyDiscGANConfig], nn.Module]  # the family's text-only model from the text dim
+    needs_context: bool  # reads whole videos (batches of videos, a VideoLayout), not independent utterances
+
+
+Entry = TypeVar("Entry")
+
+
+class Registry(Generic[Entry]):
+    """Entries of one kind by name; `get` also resolves 'package.module:NAME'."""
+
+    def __init__(self, key: str, entry_type: type, entries: dict[str, Entry]):
+        self.key, self.entry_type, self.entries = key, entry_type, dict(entries)
+
+    def get(self, name: str) -> Entry:
+        if ":" in name:
+            module_name, _, attribute = name.partition(":")
+            try:
+                entry = getattr(importlib.import_module(module_name), attribute)
+            except (ImportError, AttributeError) as err:
+                raise ValueError(f"{self.key} {name!r} cannot be imported: {err}") from None
+            if not isinstance(entry, self.entry_type):
+                raise ValueError(f"{self.key} {name!r} is a {type(entry).__name__}, not a "
+                                 f"{self.entry_type.__module__}.{self.entry_type.__name__}")
+            return entry
+        if name not in self.entries:
+            raise ValueError(f"unknown {self.key} {name!r}; use one of {sorted(self.entries)} or "
+                             f"'package.module:NAME' (a {self.entry_type.__name__})")
+        return self.entries[name]
+
+
+GENERATORS: Registry[GeneratorEntry] = Registry("generator-model", GeneratorEntry, {
+    "mlp": GeneratorEntry(lambda dims, cfg: ConditionalGenerator(dims["text"], dims["audio"], dims["visual"],
+                                                                 cfg.noise_dim, cfg.hidden_dim, cfg.dropout)),
+})
+
+MSA_MODELS: Registry[MSAFamily] = Registry("msa-model", MSAFamily, {
+    "mlp": MSAFamily(build=lambda dims, cfg: MSAModel(dims, cfg.hidden_dim, cfg.dropout),
+                     build_text_only=lambda text_dim, cfg: TextOnlyModel(text_dim, cfg.hidden_dim, cfg.dropout),
+                     needs_context=False),
+    "context-gru": MSAFamily(build=lambda dims, cfg: ContextGRUMSA(dims, cfg.hidden_dim, cfg.dropout),
+                             build_text_only=lambda text_dim, cfg: ContextGRUTextOnly(text_dim, cfg.hidden_dim,
+                                                                                      cfg.dropout),
+                             needs_context=True),
+})
+
+
+def msa_family(cfg: HyDiscGANConfig) -> MSAFamily:
+    return MSA_MODELS.get(cfg.msa_model)
+
+
+def needs_context(cfg: HyDiscGANConfig) -> bool:
+    """Whether the run's M reads whole videos (then clients hold whole videos, batches are videos)."""
+    return msa_family(cfg).needs_context
+
+
+def build_generator(dims: Dims, cfg: HyDiscGANConfig) -> nn.Module:
+    return GENERATORS.get(cfg.generator_model).build(dims, cfg)
+
+
+def build_text_only_model(text_dim: int, cfg: HyDiscGANConfig) -> nn.Module:
+    return msa_family(cfg).build_text_only(text_dim, cfg)
+
+
+def parameter_counts(dims: Dims, cfg: HyDiscGANConfig) -> dict[str, int]:
+    """Trainable parameters of every model a run builds: G and M (federated), the text-only baseline, and
+    the encoders and discriminators each client keeps to itself."""
+    models = {GENERATOR: build_generator(dims, cfg), MSA: msa_family(cfg).build(dims, cfg),
+              "text_only": build_text_only_model(dims["text"], cfg), "client_private": ClientDiscriminators(dims, cfg)}
+    return {name: sum(p.numel() for p in model.parameters() if p.requires_grad) for name, model in models.items()}
