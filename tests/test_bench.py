@@ -17,7 +17,7 @@ from strategies import HyDiscGANStrategy
 from tests.grids import StaticGrid
 from tests.sanity import above_chance
 
-COLUMNS = ["dataset", "method", "seed", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae",
+COLUMNS = ["dataset", "method", "model", "seed", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae",
            "corr", "acc2", "f1", "selected_step", "speaker_attack_acc", "speaker_attack_chance", "client_bytes_up_per_round",
            "client_bytes_down_per_round", "client_train_s_per_round", "wall_s"]
 REGRESSION = ["acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr"]
@@ -38,19 +38,19 @@ def test_summary_has_exactly_the_columns_and_a_rerun_recomputes_nothing(tmp_path
     assert cli.main(argv) == 0
     columns, rows = read_summary(out)
     assert columns == COLUMNS
-    assert [(r["method"], r["seed"]) for r in rows] == [
-        (m, s) for s in "01" for m in ("text-only", "central-multimodal", "hydiscgan-central")]
+    assert [(r["method"], r["model"], r["seed"]) for r in rows] == [
+        (m, "mlp", s) for s in "01" for m in ("text-only", "central-multimodal", "hydiscgan-central")]
     for row in rows:
         assert row["dataset"] == "synthetic"
         assert all(row[c] != "" for c in REGRESSION + ["acc2", "f1", "speaker_attack_acc", "wall_s"])
         assert all(row[c] == "" for c in COST)  # central methods have no client cost
         assert float(row["acc2"]) == float(row["acc2_non0"])
         assert 0.0 < float(row["speaker_attack_chance"]) < 0.1
-    assert "[hydiscgan-central seed 1] round 2/2 test acc2=" in capsys.readouterr().out
+    assert "[hydiscgan-central mlp seed 1] round 2/2 test acc2=" in capsys.readouterr().out
     for name in ("summary.md", "metrics.png", "rounds.png"):
         assert (out / name).stat().st_size > 0
     report = (out / "summary.md").read_text()
-    assert "| central-multimodal | 2 |" in report
+    assert "| central-multimodal | mlp | 2 |" in report and "| mlp | " in report.split("Trainable parameters")[1]
     assert "Paired difference to text-only" in report and "| hydiscgan-central | " in report.split("Paired")[1]
     for row in rows:  # validation-selected: an epoch group (central) or a round (hydiscgan-central)
         assert 1 <= int(row["selected_step"]) <= 2
@@ -63,7 +63,7 @@ def test_summary_has_exactly_the_columns_and_a_rerun_recomputes_nothing(tmp_path
     monkeypatch.setattr(bench, "run_central", must_not_run)
     assert cli.main(argv) == 0
     assert (out / "summary.csv").read_text() == before
-    assert "[text-only seed 0] already in summary.csv, skipped" in capsys.readouterr().out
+    assert "[text-only mlp seed 0] already in summary.csv, skipped" in capsys.readouterr().out
 
     # Resuming into the same folder with another schedule would mix incomparable rows.
     assert cli.main([*argv[:-6], "--rounds-align", "2", "--rounds-msa", "1", "--local-epochs", "1"]) == 2
@@ -137,10 +137,55 @@ def test_one_real_federated_row_has_client_cost_and_speaker_attack(tmp_path, cap
     assert all(float(row[c]) > 0 for c in COST)
     assert 0.0 <= float(row["speaker_attack_acc"]) <= 1.0 and float(row["speaker_attack_chance"]) > 0
     assert all(row[c] != "" for c in REGRESSION)
-    assert "[hydiscgan seed 0] round 2/2 (msa) test acc2=" in capsys.readouterr().out
-    [run_dir] = [p.parent for p in (out / "runs" / "hydiscgan-seed0").glob("*/checkpoint.pt")]
+    assert "[hydiscgan mlp seed 0] round 2/2 (msa) test acc2=" in capsys.readouterr().out
+    [run_dir] = [p.parent for p in (out / "runs" / "hydiscgan-mlp-seed0").glob("*/checkpoint.pt")]
     assert (run_dir / "metrics.csv").exists()
     assert (out / "rounds.png").stat().st_size > 0
+
+
+def test_every_method_runs_with_every_model_and_resume_keys_on_the_model(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "models"
+    argv = ["bench", "--dataset", "synthetic", "--methods", "text-only,central-multimodal", "--seeds", "2",
+            "--out", str(out), *TINY]
+    assert cli.main([*argv, "--msa-models", "mlp"]) == 0
+    ran = []
+    run_central = bench.run_central
+
+    def recording(method, cfg, progress=None):
+        ran.append((method, cfg.msa_model, cfg.seed))
+        return run_central(method, cfg, progress)
+
+    monkeypatch.setattr(bench, "run_central", recording)
+    assert cli.main([*argv, "--msa-models", "mlp,context-gru"]) == 0
+    # The mlp rows are already there; only the context-gru ones run, at the same budget.
+    assert ran == [(m, "context-gru", s) for s in (0, 1) for m in ("text-only", "central-multimodal")]
+    _, rows = read_summary(out)
+    assert sorted((r["method"], r["model"], r["seed"]) for r in rows) == sorted(
+        (m, model, s) for m in ("text-only", "central-multimodal") for model in ("mlp", "context-gru") for s in "01")
+    assert all(1 <= int(r["selected_step"]) <= 1 for r in rows)
+    report = (out / "summary.md").read_text()
+    parameters = report.split("Trainable parameters")[1].split("| method |")[0]
+    assert "| mlp | " in parameters and "| context-gru | " in parameters
+    assert "| central-multimodal | context-gru | 2 |" in report and "| text-only | mlp | 2 |" in report
+    paired = report.split("Paired difference")[1]
+    # Each model's methods are compared with that model's text-only, never across models.
+    assert "| central-multimodal | mlp | " in paired and "| central-multimodal | context-gru | " in paired
+    assert "| text-only |" not in paired
+
+
+def test_a_summary_with_other_columns_is_refused(tmp_path, capsys):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "summary.csv").write_text("dataset,method,seed,acc2\nsynthetic,text-only,0,0.7\n")
+    assert cli.main(["bench", "--dataset", "synthetic", "--methods", "text-only", "--seeds", "1", "--out",
+                     str(out), *TINY]) == 2
+    assert "not this version's" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("models", ["mlp,nope", "", "no.such.module:X"])
+def test_unknown_models_are_refused(models):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--msa-models", models])
 
 
 @pytest.mark.parametrize("methods", ["hydiscgan,nope", ""])

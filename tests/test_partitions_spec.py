@@ -129,8 +129,25 @@ def test_partition_command_writes_the_files(tmp_path: Path, capsys: pytest.Captu
     assert sum(len(c) for c in clients) + int((server.split == "valid").sum()) == int((synthetic.split == "train").sum())
 
 
+@pytest.mark.parametrize("rule", ["iid", "dirichlet:0.5"])
+def test_partition_command_gives_a_context_model_whole_videos(tmp_path: Path, rule: str) -> None:
+    def videos_split(msa_model: str) -> bool:
+        out = tmp_path / f"{msa_model}-{rule}"
+        assert hydiscgan(["partition", "--dataset", "synthetic", "--num-partitions", "3", "--partition", rule,
+                          "--msa-model", msa_model, "--out", str(out)]) == 0
+        owners: dict[str, set[int]] = {}
+        for i in range(3):
+            for video in load_partition(out / f"partition-{i}.npz").videos.tolist():
+                owners.setdefault(video, set()).add(i)
+        return any(len(clients) > 1 for clients in owners.values())
+
+    assert not videos_split("context-gru")  # every video on one client
+    assert videos_split("mlp")  # utterances are assigned one by one: videos are cut
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--num-partitions", "0"], "--num-partitions must be >= 1"),
+    (["--num-partitions", "2", "--msa-model", "nope"], "unknown msa-model 'nope'"),
     (["--num-partitions", "2", "--partition", "bogus"], "unknown partition"),
     (["--num-partitions", "2", "--dataset", "partitions:/x"], "full dataset"),
     (["--num-partitions", "2", "--dataset", "mmsa:/does/not/exist.pkl"], "exist.pkl"),

@@ -139,9 +139,13 @@ def load_server_view(path: Path) -> ServerView:
 
 
 def write_partitions(
-    dataset: MultimodalDataset, num_partitions: int, rule: str, seed: int, out_dir: Path
+    dataset: MultimodalDataset, num_partitions: int, rule: str, seed: int, out_dir: Path, *,
+    whole_videos: bool = False,
 ) -> list[Path]:
     """Partition the TRAIN split and write ``partition-<i>.npz`` per client plus ``server.npz``.
+
+    ``whole_videos`` (for an MSA model that reads context) makes "iid" and "dirichlet" assign whole videos,
+    as :func:`partition_indices` does with ``videos``; "speaker" keeps a speaker's videos together anyway.
 
     Returns ``[partition-0.npz, ..., partition-<k-1>.npz, server.npz]``. Stale
     ``partition-<j>.npz`` files with ``j >= num_partitions`` left in ``out_dir`` by an earlier
@@ -149,9 +153,8 @@ def write_partitions(
     """
     out_dir = Path(out_dir)
     train = dataset.split_subset("train")
-    parts = partition_indices(
-        train.labels, train.speakers, num_partitions, rule, seed, label_kind=train.label_kind
-    )
+    parts = partition_indices(train.labels, train.speakers, num_partitions, rule, seed, label_kind=train.label_kind,
+                              videos=train.videos if whole_videos else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     for i, index in enumerate(parts):

@@ -1,6 +1,6 @@
 """`hydiscgan bench`: HyDiscGAN against its baselines in one command.
 
-    hydiscgan bench --dataset mosi-bclstm --methods text-only,hydiscgan --seeds 3 --out DIR
+    hydiscgan bench --dataset mosi-bclstm --methods text-only,hydiscgan --msa-models mlp,context-gru --seeds 5 --out DIR
 
 Methods (same model family; every method gets rounds-msa x local-epochs epochs over the training data,
 the alignment stage is extra for the GAN methods):
@@ -11,12 +11,15 @@ the alignment stage is extra for the GAN methods):
 - fedavg-multimodal   federated M(t, a, v) with FedAvg, real audio/visual at test (violates the privacy goal);
 - central-multimodal  central M(t, a, v) on real audio/visual (the privacy-violating upper bound).
 
+Every method runs with every model of --msa-models (the run config's msa-model: a registry name or
+'package.module:NAME'), at the same budget; the model is a column of the table.
 Federated methods run through LocalFederation on --num-clients simulated SuperNodes with the speaker
 partition. Every method reports the test metrics of the round (federated, hydiscgan-central) or epoch
 group (text-only, central-multimodal) that is best on the validation speakers (`selected_step`).
-Writes DIR/summary.csv (one row per method and seed; rows already there are skipped, so an interrupted
-benchmark resumes), DIR/summary.md (mean ± std and the 95% t-interval over seeds, and each method's
-paired difference to text-only with its 95% interval), DIR/metrics.png, DIR/rounds.png, and keeps each
+Writes DIR/summary.csv (one row per method, model and seed; rows already there are skipped, so an
+interrupted benchmark resumes), DIR/summary.md (the parameter counts of every model; mean ± std and the 95%
+t-interval over seeds, and each method's paired difference to text-only of the same model with its 95%
+interval), DIR/metrics.png, DIR/rounds.png, and keeps each
 federated run directory under DIR/runs/.
 """
 
@@ -40,7 +43,7 @@ import torch
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
 from hydiscgan_fl.metrics import HIGHER_IS_BETTER, mean_interval, paired_difference
-from hydiscgan_fl.models import build_shared_models
+from hydiscgan_fl.models import MSA_MODELS, build_shared_models, parameter_counts
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
 from hydiscgan_fl.orchestration.schedule import SCHEDULE_KEYS, add_schedule_arguments, schedule_overrides
@@ -53,9 +56,9 @@ METHODS = ("text-only", "hydiscgan", "hydiscgan-central", "fedavg-multimodal", "
 FEDERATED_METHODS = ("hydiscgan", "fedavg-multimodal")
 METRIC_COLUMNS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr", "acc2", "f1")
 COST_COLUMNS = ("client_bytes_up_per_round", "client_bytes_down_per_round", "client_train_s_per_round")
-COLUMNS = ("dataset", "method", "seed", *METRIC_COLUMNS, "selected_step", "speaker_attack_acc",
+COLUMNS = ("dataset", "method", "model", "seed", *METRIC_COLUMNS, "selected_step", "speaker_attack_acc",
            "speaker_attack_chance", *COST_COLUMNS, "wall_s")
-# Compared with text-only seed by seed in summary.md (those present in the table).
+# Compared with text-only of the same model seed by seed in summary.md (those present in the table).
 PAIRED_COLUMNS = ("acc2", "f1", "mae", "corr")
 REFERENCE = "text-only"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -73,6 +76,10 @@ def register(subparsers) -> None:
     parser.add_argument("--data-dir", default="", help="folder holding mosi-bclstm/ (default: the checkout's data/)")
     parser.add_argument("--methods", type=_method_list, default=METHODS,
                         help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    parser.add_argument("--msa-models", type=_model_list, default=(HyDiscGANConfig().msa_model,),
+                        help="comma-separated MSA models (run-config msa-model: registry names such as "
+                             f"{','.join(MSA_MODELS.entries)}, or 'package.module:NAME'); every method runs with "
+                             "each (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=5, help="run seeds 0..N-1 (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder (default: %(default)s)")
     parser.add_argument("--num-clients", type=int, default=8,
@@ -89,6 +96,19 @@ def _method_list(text: str) -> tuple[str, ...]:
     return methods
 
 
+def _model_list(text: str) -> tuple[str, ...]:
+    models = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    if not models:
+        raise argparse.ArgumentTypeError("name at least one MSA model")
+    for model in models:
+        try:
+            HyDiscGANConfig.from_run_config({"msa-model": model})
+            MSA_MODELS.get(model)
+        except (ConfigError, ValueError) as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return models
+
+
 def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     try:
@@ -100,10 +120,11 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         _check_settings(out, {"dataset": base.dataset, "num-clients": args.num_clients,
                               **{key: base.to_run_config()[key] for key in SCHEDULE_KEYS}})
+        _check_columns(out / "summary.csv")
     except (ConfigError, DataError, OSError) as err:
         print(f"hydiscgan bench: error: {err}", file=sys.stderr)
         return 2
-    done = {(row["method"], int(row["seed"])) for row in read_rows(out / "summary.csv")}
+    done = {(row["method"], row["model"], int(row["seed"])) for row in read_rows(out / "summary.csv")}
     federation: LocalFederation | None = None
     # These models are small: a second torch thread only contends with the federation's processes (on a
     # busy 2-core machine one epoch of HyDiscGAN's alignment stage took 4 s on one thread, 190 s on two).
@@ -112,24 +133,25 @@ def run(args: argparse.Namespace) -> int:
     on_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that `finally` stops the SuperLink
     try:
         for seed in range(args.seeds):
-            for method in args.methods:
-                label = f"{method} seed {seed}"
-                if (method, seed) in done:
-                    print(f"[{label}] already in summary.csv, skipped", flush=True)
-                    continue
-                cfg = base.model_copy(update={"seed": seed})
-                started = time.time()
-                if method in FEDERATED_METHODS:
-                    federation = federation or LocalFederation()
-                    row = federated_row(federation, method, cfg, args.num_clients, out, label)
-                else:
-                    row = central_row(method, cfg, label)
-                row.update({"dataset": base.dataset, "method": method, "seed": seed, "wall_s": time.time() - started})
-                append_row(out / "summary.csv", row, COLUMNS)
-                print(f"[{label}] done in {row['wall_s']:.0f} s: acc2={row['acc2']:.4f} "
-                      f"speaker attack={row['speaker_attack_acc']:.3f} (chance {row['speaker_attack_chance']:.3f})",
-                      flush=True)
-        report = write_report(out, raw_feature_attack(base))
+            for model in args.msa_models:
+                for method in args.methods:
+                    label = f"{method} {model} seed {seed}"
+                    if (method, model, seed) in done:
+                        print(f"[{label}] already in summary.csv, skipped", flush=True)
+                        continue
+                    cfg = base.model_copy(update={"seed": seed, "msa_model": model})
+                    started = time.time()
+                    if method in FEDERATED_METHODS:
+                        federation = federation or LocalFederation()
+                        row = federated_row(federation, method, cfg, args.num_clients, out, label)
+                    else:
+                        row = central_row(method, cfg, label)
+                    row.update({"dataset": base.dataset, "method": method, "model": model, "seed": seed,
+                                "wall_s": time.time() - started})
+                    append_row(out / "summary.csv", row, COLUMNS)
+                    print(f"[{label}] done in {row['wall_s']:.0f} s: acc2={row['acc2']:.4f} speaker attack="
+                          f"{row['speaker_attack_acc']:.3f} (chance {row['speaker_attack_chance']:.3f})", flush=True)
+        report = write_report(out, raw_feature_attack(base), model_parameters(base, args.msa_models))
     except FederatedRunError as err:
         print(f"hydiscgan bench: a federated run failed: {err}", file=sys.stderr)
         return 1
@@ -166,6 +188,22 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
                               "Use another --out.")
     else:
         path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _check_columns(path: Path) -> None:
+    """Rows are appended under the existing header: it must be today's, or resumed rows would shift."""
+    if path.exists():
+        with path.open(newline="") as handle:
+            header = handle.readline().strip().split(",")
+        if header != list(COLUMNS):
+            raise ConfigError(f"{path} has the columns {header}, not this version's {list(COLUMNS)} "
+                              "(written by an older version?). Use another --out.")
+
+
+def model_parameters(cfg: HyDiscGANConfig, models: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Trainable parameters of each model's networks (G, M, the text-only model, a client's E and D)."""
+    dims = cfg.load_dataset().dims
+    return {model: parameter_counts(dims, cfg.model_copy(update={"msa_model": model})) for model in models}
 
 
 # -- one row ------------------------------------------------------------------------------------------
@@ -206,8 +244,8 @@ class RoundProgress:
 def federated_row(federation: LocalFederation, method: str, cfg: HyDiscGANConfig, num_clients: int, out: Path,
                   label: str) -> dict[str, Any]:
     run_config = {key: value for key, value in cfg.to_run_config().items() if key in
-                  ("dataset", "data-dir", "seed", *SCHEDULE_KEYS)}
-    run_config.update({"method": method, "output-dir": str(run_group(out, method, cfg.seed))})
+                  ("dataset", "data-dir", "seed", "msa-model", *SCHEDULE_KEYS)}
+    run_config.update({"method": method, "output-dir": str(run_group(out, method, cfg.msa_model, cfg.seed))})
     outcome = federation.run(run_config, num_clients, progress=RoundProgress(label))
     summary = json.loads((outcome.run_dir / "summary.json").read_text())
     train = _train_tensors(cfg)
@@ -222,9 +260,9 @@ def federated_row(federation: LocalFederation, method: str, cfg: HyDiscGANConfig
             "selected_step": summary["selected_round"], **_attack(features, cfg), **client_cost(outcome.run_dir)}
 
 
-def run_group(out: Path, method: str, seed: int) -> Path:
-    """Where the run directories of one federated method and seed go."""
-    return out / "runs" / f"{method}-seed{seed}"
+def run_group(out: Path, method: str, model: str, seed: int) -> Path:
+    """Where the run directories of one federated method, model and seed go."""
+    return out / "runs" / f"{method}-{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}-seed{seed}"
 
 
 def _train_tensors(cfg: HyDiscGANConfig) -> UtteranceTensors:
@@ -258,11 +296,22 @@ def client_cost(run_dir: Path) -> dict[str, float]:
 
 
 # -- summary.md and plots -----------------------------------------------------------------------------
-def write_report(out: Path, raw_attack: dict[str, Any]) -> str:
-    """summary.md (mean ± std and 95% interval over seeds per method; paired differences to text-only) and
-    the plots, from everything in summary.csv."""
-    table = pd.read_csv(out / "summary.csv")
-    methods = [m for m in METHODS if m in set(table["method"])]
+def groups(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (method, model) pairs in the table: models in order of appearance, methods in METHODS order."""
+    models = list(dict.fromkeys(table["model"]))
+    present = set(zip(table["method"], table["model"]))
+    return [(method, model) for model in models for method in METHODS if (method, model) in present]
+
+
+def rows_of(table: pd.DataFrame, method: str, model: str) -> pd.DataFrame:
+    return table[(table["method"] == method) & (table["model"] == model)]
+
+
+def write_report(out: Path, raw_attack: dict[str, Any], parameters: dict[str, dict[str, int]]) -> str:
+    """summary.md (parameter counts per model; mean ± std and 95% interval over seeds per method and model;
+    paired differences to text-only of the same model) and the plots, from everything in summary.csv."""
+    table = pd.read_csv(out / "summary.csv", dtype={"model": str})
+    pairs = groups(table)
     shown = [c for c in (*METRIC_COLUMNS, "speaker_attack_acc", "speaker_attack_chance", *COST_COLUMNS, "wall_s")
              if table[c].notna().any()]
     settings = json.loads((out / "bench.json").read_text())
@@ -280,14 +329,16 @@ def write_report(out: Path, raw_attack: dict[str, Any]) -> str:
         "- mean ± sample std over seeds [95% Student-t interval of the mean] (n = number of seeds); bytes are "
         "per client per round",
         "",
-        "| method | n | " + " | ".join(shown) + " |",
-        "|---|---|" + "---|" * len(shown),
+        *parameter_lines(parameters),
+        "",
+        "| method | model | n | " + " | ".join(shown) + " |",
+        "|---|---|---|" + "---|" * len(shown),
     ]
-    for method in methods:
-        rows = table[table["method"] == method]
+    for method, model in pairs:
+        rows = rows_of(table, method, model)
         cells = [_mean_std(rows[c], c) for c in shown]
-        lines.append(f"| {method} | {len(rows)} | " + " | ".join(cells) + " |")
-    lines += ["", *paired_lines(table, methods)]
+        lines.append(f"| {method} | {model} | {len(rows)} | " + " | ".join(cells) + " |")
+    lines += ["", *paired_lines(table, pairs)]
     lines += ["", *NOTES,
               f"- reference: the same attack on the raw, unstandardised audio‖visual of the training utterances "
               f"reaches {raw_attack['speaker_attack_acc']:.4f} (chance {raw_attack['speaker_attack_chance']:.4f}, "
@@ -295,33 +346,47 @@ def write_report(out: Path, raw_attack: dict[str, Any]) -> str:
               "", "![metrics](metrics.png)", "", "![test acc2 per round](rounds.png)", ""]
     text = "\n".join(lines)
     (out / "summary.md").write_text(text)
-    plot_metrics(table, methods, out / "metrics.png")
+    plot_metrics(table, pairs, out / "metrics.png")
     plot_rounds(table, out, settings, out / "rounds.png")
     return text
 
 
-def paired_lines(table: pd.DataFrame, methods: list[str]) -> list[str]:
-    """The table of each method's difference to text-only on the same seed, with its 95% t-interval and a
-    reading that calls a method better or worse only when the interval excludes zero."""
+def parameter_lines(parameters: dict[str, dict[str, int]]) -> list[str]:
+    """Trainable parameters of the networks each model builds (registry.parameter_counts)."""
+    if not parameters:
+        return []
+    names = list(next(iter(parameters.values())))
+    return ["Trainable parameters per model (G and M are federated; client_private: a client's E and D, never "
+            "sent):", "", "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+            *(f"| {model} | " + " | ".join(f"{counts[name]:,}" for name in names) + " |"
+              for model, counts in parameters.items())]
+
+
+def paired_lines(table: pd.DataFrame, pairs: list[tuple[str, str]]) -> list[str]:
+    """The table of each method's difference to text-only of the same model on the same seed, with its 95%
+    t-interval and a reading that calls a method better or worse only when the interval excludes zero."""
     columns = [c for c in PAIRED_COLUMNS if table[c].notna().any()]
-    others = [m for m in methods if m != REFERENCE]
-    if REFERENCE not in methods or not others or not columns:
+    others = [(method, model) for method, model in pairs if method != REFERENCE and (REFERENCE, model) in pairs]
+    if not others or not columns:
         return []
 
-    def by_seed(method: str, column: str) -> dict[int, float]:
-        rows = table[(table["method"] == method) & table[column].notna()]
+    def by_seed(method: str, model: str, column: str) -> dict[int, float]:
+        rows = rows_of(table, method, model)
+        rows = rows[rows[column].notna()]
         return dict(zip(rows["seed"].astype(int), rows[column].astype(float)))
 
-    lines = [f"Paired difference to {REFERENCE} (method - {REFERENCE}, same seed): mean [95% t-interval] (n); "
-             "'better'/'worse' only where the interval excludes zero (for mae lower is better).", "",
-             "| method | " + " | ".join(f"Δ {c}" for c in columns) + " |", "|---|" + "---|" * len(columns)]
-    for method in others:
+    lines = [f"Paired difference to {REFERENCE} of the same model (method - {REFERENCE}, same seed): mean "
+             "[95% t-interval] (n); 'better'/'worse' only where the interval excludes zero (for mae lower is "
+             "better).", "",
+             "| method | model | " + " | ".join(f"Δ {c}" for c in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for method, model in others:
         cells = []
         for column in columns:
-            diff = paired_difference(by_seed(method, column), by_seed(REFERENCE, column))
+            diff = paired_difference(by_seed(method, model, column), by_seed(REFERENCE, model, column))
             cells.append(f"{diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}] (n={diff['n']}) "
                          f"{_reading(diff, column)}")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method} | {model} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -376,33 +441,38 @@ def _pyplot():
     return plt
 
 
-def plot_metrics(table: pd.DataFrame, methods: list[str], target: Path) -> None:
-    """Mean with error bars (std over seeds) per method, one panel per metric; the seeds as small dots."""
+def _label(method: str, model: str, table: pd.DataFrame) -> str:
+    return method if table["model"].nunique() == 1 else f"{method} ({model})"
+
+
+def plot_metrics(table: pd.DataFrame, pairs: list[tuple[str, str]], target: Path) -> None:
+    """Mean with error bars (std over seeds) per method and model, one panel per metric; seeds as small dots."""
     plt = _pyplot()
     panels = [c for c in ("acc2", "f1", "mae", "corr", "acc7", "speaker_attack_acc") if table[c].notna().any()]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
     for ax, column in zip(axes[0], panels, strict=True):
-        for x, method in enumerate(methods):
-            values = table.loc[table["method"] == method, column].dropna()
-            color = f"C{METHODS.index(method)}"
+        for x, (method, model) in enumerate(pairs):
+            values = rows_of(table, method, model)[column].dropna()
+            color = f"C{x % 10}"
             ax.scatter([x] * len(values), values, s=8, color=color, alpha=0.5)
             ax.errorbar(x, values.mean(), yerr=values.std() if len(values) > 1 else 0.0, fmt="o", capsize=4,
                         color=color)
         if column == "speaker_attack_acc":
             ax.axhline(table["speaker_attack_chance"].mean(), color="k", linestyle="--", linewidth=1, label="chance")
             ax.legend(fontsize=7)
-        ax.set_xticks(range(len(methods)), methods, rotation=40, ha="right", fontsize=7)
+        ax.set_xticks(range(len(pairs)), [_label(method, model, table) for method, model in pairs], rotation=40,
+                      ha="right", fontsize=7)
         ax.set_title(column)
     fig.tight_layout()
     fig.savefig(target, dpi=110)
     plt.close(fig)
 
 
-def round_curves(out: Path, method: str, seeds: list[int]) -> pd.DataFrame:
+def round_curves(out: Path, method: str, model: str, seeds: list[int]) -> pd.DataFrame:
     """test_acc2 per round (columns: seeds) from the newest finished run of each seed under runs/."""
     curves = {}
     for seed in seeds:
-        finished = sorted(p.parent for p in run_group(out, method, seed).glob("*/summary.json"))
+        finished = sorted(p.parent for p in run_group(out, method, model, seed).glob("*/summary.json"))
         if finished:
             curves[seed] = pd.read_csv(finished[-1] / "metrics.csv").set_index("round")["test_acc2"]
     return pd.DataFrame(curves)
@@ -413,20 +483,17 @@ def plot_rounds(table: pd.DataFrame, out: Path, settings: dict[str, Any], target
     acc2 dashed."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for method in METHODS:
-        rows = table[table["method"] == method]
-        if rows.empty:
-            continue
-        color = f"C{METHODS.index(method)}"
+    for number, (method, model) in enumerate(groups(table)):
+        rows, color, label = rows_of(table, method, model), f"C{number % 10}", _label(method, model, table)
         if method in FEDERATED_METHODS:
-            curves = round_curves(out, method, sorted(rows["seed"]))
+            curves = round_curves(out, method, model, sorted(rows["seed"]))
             if curves.empty:
                 continue
             mean, std = curves.mean(axis=1), curves.std(axis=1).fillna(0.0)
-            ax.plot(mean.index, mean, marker=".", color=color, label=method)
+            ax.plot(mean.index, mean, marker=".", color=color, label=label)
             ax.fill_between(mean.index, mean - std, mean + std, color=color, alpha=0.2)
         else:
-            ax.axhline(rows["acc2"].mean(), color=color, linestyle="--", linewidth=1, label=f"{method} (selected)")
+            ax.axhline(rows["acc2"].mean(), color=color, linestyle="--", linewidth=1, label=f"{label} (selected)")
     if "hydiscgan" in set(table["method"]) and settings["rounds-align"]:
         ax.axvline(settings["rounds-align"] + 0.5, color="grey", linestyle=":", linewidth=1)
         ax.text(settings["rounds-align"] + 0.7, ax.get_ylim()[0], "hydiscgan: MSA stage ->", fontsize=7,
