@@ -33,6 +33,7 @@ from hydiscgan_fl.models import (
     build_client_discriminators,
     build_shared_models,
     build_speaker_adversary,
+    pooling,
 )
 from hydiscgan_fl.privacy.ledger import PrivacyLedger
 from hydiscgan_fl.privacy.reply_metrics import TIMING_KEY, WEIGHT_KEY, releasable_metrics
@@ -99,7 +100,7 @@ def train(msg: Message, context: Context) -> Message:
         if (key := PERSONAL_STATE_PREFIX + component) in context.state:
             getattr(shared, component).load_state_dict(context.state[key].to_torch_state_dict())
 
-    data = to_tensors(dataset, device)
+    data = to_tensors(dataset, device, pooling(cfg))
     videos = Videos.of(dataset) if shared.needs_context else None  # M reads whole videos (models.registry)
     seed = cfg.seed * 1_000_003 + server_round * 7919 + client_key
     privacy: dict[str, float] = {}

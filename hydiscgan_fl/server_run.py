@@ -30,7 +30,8 @@ import torch
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
 from hydiscgan_fl.metrics import ValidationSelection, summary_metrics
-from hydiscgan_fl.models import GENERATOR, MSA, VideoLayout, build_shared_models, needs_context, parameter_counts
+from hydiscgan_fl.models import (GENERATOR, MSA, VideoLayout, build_shared_models, needs_context, parameter_counts,
+                                 pooling)
 from hydiscgan_fl.run_files import RunDirectory, load_state
 from hydiscgan_fl.training import (
     UtteranceTensors,
@@ -41,6 +42,7 @@ from hydiscgan_fl.training import (
     to_tensors,
     train_text_only,
 )
+from hydiscgan_fl.training.data import utterance_vectors
 from hydiscgan_fl.training.videos import Videos, full_layout
 
 
@@ -137,7 +139,7 @@ class ServerRun:
         part = dataset.split_subset(split)
         as_tensor = lambda a: torch.tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
         layout = full_layout(Videos.of(part) if needs_context(self.cfg) else None, self.device)
-        return TextSplit(as_tensor(part.text), as_tensor(part.labels), layout)
+        return TextSplit(as_tensor(utterance_vectors(part, "text", pooling(self.cfg))), as_tensor(part.labels), layout)
 
     def _multimodal_split(self, dataset, split: str) -> UtteranceTensors:
         """Real (per-speaker standardised) audio/visual of a split: for the fedavg-multimodal baseline only."""
@@ -145,7 +147,7 @@ class ServerRun:
         if not (part.dims["audio"] and part.dims["visual"]):
             raise DataError(f"method fedavg-multimodal evaluates on real {split} audio/visual, which dataset "
                             f"{self.cfg.dataset!r} does not hold on the server")
-        return to_tensors(part, self.device)
+        return to_tensors(part, self.device, pooling(self.cfg))
 
     def initial_state(self) -> dict[str, torch.Tensor]:
         """G and M; M alone for fedavg-multimodal (it has no generator); the saved ones when resuming."""

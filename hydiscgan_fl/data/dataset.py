@@ -1,7 +1,7 @@
-"""Utterance-level multimodal dataset container and per-speaker normalisation.
+"""Multimodal dataset container and per-speaker normalisation.
 
-A :class:`MultimodalDataset` holds one feature vector per utterance and modality (text, audio,
-visual), a label, the utterance id, the speaker (video) id and the split of every row. It is
+A :class:`MultimodalDataset` holds, per utterance and modality (text, audio, visual), one feature vector
+or a sequence of steps with its valid length (:mod:`hydiscgan_fl.data.sequences`), a label, the utterance id, the speaker (video) id and the split of every row. It is
 immutable: the dataclass is frozen, and every array is a private float32/str copy marked read-only,
 so that datasets cached by :func:`hydiscgan_fl.data.load_dataset` cannot be changed by a caller.
 Copy an array (``np.array(ds.text)`` or ``torch.tensor(ds.text)``) before modifying it.
@@ -40,7 +40,9 @@ class MultimodalDataset:
     """One row per utterance; see the module docstring.
 
     ``labels`` are {0, 1} when ``label_kind == "binary"`` and continuous sentiment scores when
-    ``label_kind == "regression"``. Feature arrays may have zero columns (the server's view of a
+    ``label_kind == "regression"``. A feature array is (N, D) vectors or (N, T, D) sequences; ``lengths``
+    maps the name of a sequence field to its valid lengths (N,) (left out: all T steps valid), and after
+    construction holds an entry for every sequence field and none other. Feature arrays may have zero columns (the server's view of a
     dataset holds audio and visual arrays of shape (N, 0)). ``videos`` and ``positions`` say which video
     each utterance belongs to and where in it (see :mod:`hydiscgan_fl.data.videos`); left out, every
     utterance is its own video. Equality is identity (``eq=False``):
@@ -59,6 +61,7 @@ class MultimodalDataset:
     source: str = field(default="")
     videos: np.ndarray | None = None
     positions: np.ndarray | None = None
+    lengths: dict | None = None
 
     def __post_init__(self) -> None:
         src = str(self.source)
@@ -88,8 +91,9 @@ class MultimodalDataset:
         feats: dict[str, np.ndarray] = {}
         for name in FEATURE_FIELDS:
             raw = np.asarray(getattr(self, name))
-            if raw.ndim != 2:
-                raise DataError(f"{where}field '{name}' must be a 2-D (rows, features) array, got shape {raw.shape}")
+            if raw.ndim not in (2, 3):
+                raise DataError(f"{where}field '{name}' must be a 2-D (rows, features) or 3-D (rows, steps, "
+                                f"features) array, got shape {raw.shape}")
             try:
                 with np.errstate(over="ignore", invalid="ignore"):  # overflow -> Inf, reported below
                     feats[name] = np.array(raw, dtype=np.float32, copy=True)
@@ -109,6 +113,28 @@ class MultimodalDataset:
         if len(set(counts.values())) != 1:
             detail = ", ".join(f"{k}={v}" for k, v in counts.items())
             raise DataError(f"{where}row counts differ across fields ({detail})")
+
+        from .sequences import checked_lengths, valid_steps  # here: sequences.py imports DataError from here
+
+        given_lengths = dict(self.lengths or {})
+        unknown_lengths = sorted(set(given_lengths) - {name for name, arr in feats.items() if arr.ndim == 3})
+        if unknown_lengths:
+            raise DataError(f"{where}lengths given for {unknown_lengths}, which are not sequence fields (N, T, D)")
+        lengths: dict[str, np.ndarray] = {}
+        for name, arr in feats.items():
+            if arr.ndim != 3:
+                continue
+            lengths[name] = checked_lengths(given_lengths.get(name), n, arr.shape[1], name, where)
+            valid = valid_steps(lengths[name], arr.shape[1])
+            bad = valid[:, :, None] & ~np.isfinite(arr)
+            if bad.any():
+                rows = bad.any(axis=(1, 2))
+                first = int(np.argmax(rows))
+                step = int(np.argmax(bad[first].any(axis=1)))
+                raise DataError(f"{where}field '{name}' has {int(bad.sum())} NaN/Inf values inside valid steps in "
+                                f"{int(rows.sum())} rows (first bad row id {str(ids[first])!r}, step {step} of "
+                                f"{int(lengths[name][first])} valid)")
+            arr[~valid] = 0.0  # padding: zeros, whatever was stored there (NaN in padding is allowed)
 
         for name, arr in [*feats.items(), ("labels", labels)]:
             finite = np.isfinite(arr)
@@ -147,6 +173,7 @@ class MultimodalDataset:
         object.__setattr__(self, "speakers", speakers)
         object.__setattr__(self, "split", split)
         object.__setattr__(self, "labels", _read_only(labels))
+        object.__setattr__(self, "lengths", lengths)
         for name, arr in feats.items():
             object.__setattr__(self, name, _read_only(arr))
 
@@ -156,7 +183,13 @@ class MultimodalDataset:
 
     @property
     def dims(self) -> dict[str, int]:
-        return {name: int(getattr(self, name).shape[1]) for name in FEATURE_FIELDS}
+        """The feature width of every modality (the last axis: per vector, or per step of a sequence)."""
+        return {name: int(getattr(self, name).shape[-1]) for name in FEATURE_FIELDS}
+
+    @property
+    def steps(self) -> dict[str, int]:
+        """The stored steps T of every sequence field (vector fields are not in it)."""
+        return {name: int(getattr(self, name).shape[1]) for name in self.lengths}
 
     def subset(self, index: np.ndarray) -> "MultimodalDataset":
         """Rows selected by an integer index array or a boolean mask of length N."""
@@ -186,6 +219,7 @@ class MultimodalDataset:
             source=self.source,
             videos=self.videos[idx],
             positions=self.positions[idx],
+            lengths={name: value[idx] for name, value in self.lengths.items()},
         )
 
     def split_subset(self, split: str) -> "MultimodalDataset":
@@ -210,20 +244,21 @@ class ServerView(MultimodalDataset):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        dims = {"text": int(self.text.shape[1]), **{k: int(v) for k, v in dict(self.feature_dims).items()}}
+        dims = {"text": int(self.text.shape[-1]), **{k: int(v) for k, v in dict(self.feature_dims).items()}}
         if set(dims) != {"text", "audio", "visual"} or any(v < 0 for v in dims.values()):
             raise DataError(f"{self.source or 'server view'}: feature_dims must give audio and visual widths >= 0, "
                             f"got {self.feature_dims!r}")
-        if dims["text"] != self.text.shape[1]:
-            raise DataError(f"feature_dims text={dims['text']} differs from the text width {self.text.shape[1]}")
-        if self.audio.shape[1] or self.visual.shape[1]:
+        if dims["text"] != self.text.shape[-1]:
+            raise DataError(f"feature_dims text={dims['text']} differs from the text width {self.text.shape[-1]}")
+        if self.audio.ndim != 2 or self.visual.ndim != 2 or self.audio.shape[1] or self.visual.shape[1]:
             raise DataError(f"{self.source or 'server view'}: a server view holds no audio/visual columns, got "
                             f"{self.audio.shape[1]} and {self.visual.shape[1]}")
         object.__setattr__(self, "feature_dims", dims)
 
     @classmethod
     def of(cls, dataset: MultimodalDataset, feature_dims: dict | None = None) -> "ServerView":
-        """Text, labels and metadata of ``dataset``; audio/visual replaced by (N, 0) arrays.
+        """Text (vectors, or sequences with their lengths), labels and metadata of ``dataset``; audio/visual
+        replaced by (N, 0) arrays.
 
         ``feature_dims`` defaults to ``dataset.dims`` (the widths of the arrays being dropped)."""
         n = len(dataset)
@@ -231,6 +266,7 @@ class ServerView(MultimodalDataset):
         return cls(name=dataset.name, ids=dataset.ids, speakers=dataset.speakers, text=dataset.text, audio=empty,
                    visual=empty, labels=dataset.labels, split=dataset.split, label_kind=dataset.label_kind,
                    source=dataset.source, videos=dataset.videos, positions=dataset.positions,
+                   lengths={name: value for name, value in dataset.lengths.items() if name == "text"},
                    feature_dims=dict(feature_dims or dataset.dims))
 
 
@@ -261,15 +297,27 @@ def with_validation_speakers(dataset: MultimodalDataset, fraction: float, seed: 
     return dataclasses.replace(dataset, split=split)
 
 
-def standardize_per_speaker(features: np.ndarray, speakers: np.ndarray, min_std: float = 1e-2) -> np.ndarray:
+def standardize_per_speaker(features: np.ndarray, speakers: np.ndarray, min_std: float = 1e-2,
+                            lengths: np.ndarray | None = None) -> np.ndarray:
     """Z-score every feature within each speaker's own utterances (per-speaker CMVN).
 
     For each speaker s and feature j: ``(x - mean_s[j]) / max(std_s[j], min_std)`` with the
     population standard deviation (ddof=0). Each device can compute this from its own data alone.
-    Returns a new float32 array of the same shape.
+    Sequences (N, T, D) with ``lengths`` (N,) are standardised per step, with the statistics of the
+    speaker's valid steps (all its frames); padding stays zero. Returns a new float32 array of the same shape.
     """
     x = np.asarray(features, dtype=np.float64)
     spk = np.asarray(speakers)
+    if x.ndim == 3:
+        from .sequences import valid_steps
+
+        if lengths is None or np.shape(lengths) != (x.shape[0],):
+            raise DataError(f"sequences of shape {x.shape} need lengths of shape ({x.shape[0]},)")
+        valid = valid_steps(lengths, x.shape[1])
+        steps_speakers = np.broadcast_to(spk.reshape(-1, 1), valid.shape)[valid]
+        out = np.zeros(x.shape, dtype=np.float32)
+        out[valid] = standardize_per_speaker(x[valid], steps_speakers, min_std)
+        return out
     if x.ndim != 2:
         raise DataError(f"features must be a 2-D (rows, features) array, got shape {x.shape}")
     if spk.shape != (x.shape[0],):

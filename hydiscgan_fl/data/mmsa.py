@@ -2,19 +2,24 @@
 
 The pickle holds ``{"train": {...}, "valid": {...}, "test": {...}}``; each split dict has
 ``text`` (N, L_t, d_t), ``audio`` (N, L_a, d_a), ``vision`` (N, L_v, d_v), optional
-``text_lengths``/``audio_lengths``/``vision_lengths`` (N,), ``id`` (N,) strings ``"<video>$_$<clip>"``
-and ``regression_labels`` (N,); other keys are ignored. Sequences become utterance vectors by
-averaging over time steps (the first ``*_lengths`` steps when lengths are given, else all steps).
-As in MMSA, -inf (and here also NaN) audio values are set to 0 before averaging.
+``text_lengths``/``audio_lengths``/``vision_lengths`` (N,), ``text_bert`` (N, 3, L_t), ``id`` (N,) strings
+``"<video>$_$<clip>"`` and ``regression_labels`` (N,); other keys are ignored. The sequences are kept as
+stored, with their valid lengths (:mod:`hydiscgan_fl.data.sequences`): ``<key>_lengths`` when the file has
+them (MMSA's unaligned files: audio and vision), for text the token count of ``text_bert``'s attention mask;
+an aligned file (audio/vision with the text's steps, no lengths of their own) gives every modality the text's
+length. Without any of these all stored steps are valid. Pooling steps to vectors is the MSA model's choice
+(models.registry), not the loader's. MMSA's own train/valid/test split is kept. As in MMSA, -inf audio
+values are set to 0; NaN/Inf left inside valid steps is an error naming the file, field and row (in padding
+it is allowed and zeroed).
 
 Pickles can execute code when loaded, so the file is read by :class:`RestrictedUnpickler`, which
 only resolves the globals needed to rebuild numpy arrays (dicts, lists, strings and numbers need
 no globals) and refuses everything else with a :class:`DataError`.
 
 ``text_only=True`` (the server's loader) still reads and unpickles the whole file, audio and vision
-arrays included, since one pickle holds every modality; it averages and keeps only text, ids and labels,
+arrays included, since one pickle holds every modality; it keeps only text, ids and labels,
 and returns a :class:`ServerView` whose ``feature_dims`` are the audio/vision widths. The unpickled
-audio/vision arrays are dropped when the function returns.
+audio/vision arrays are dropped when the function returns; text keeps its steps and lengths.
 """
 
 from __future__ import annotations
@@ -92,44 +97,43 @@ class RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
-def _utterance_means(path: Path, split: str, key: str, values: Any, lengths: Any, zero_invalid: bool) -> np.ndarray:
-    """Mean over time steps of an (N, steps, features) array, chunked over rows to bound memory."""
+def _steps(path: Path, split: str, key: str, values: Any, rows: int) -> np.ndarray:
+    """The stored (N, steps, features) sequences (or (N, features) vectors) as float32, as they are."""
     where = f"{path}: split '{split}', key '{key}'"
     arr = np.asarray(values)
     if arr.dtype.kind not in "biuf":
         raise DataError(f"{where} is not a numeric array (dtype {arr.dtype})")
-    if arr.ndim == 2:  # already one vector per utterance
-        out = np.array(arr, dtype=np.float64)
-        if zero_invalid:
-            out[np.isnan(out) | np.isneginf(out)] = 0.0
-        return out
-    if arr.ndim != 3:
-        raise DataError(f"{where} must have shape (N, steps, features), got {arr.shape}")
-    n, steps, dim = arr.shape
-    if lengths is None:
-        lens = np.full(n, steps, dtype=np.int64)
+    if arr.ndim not in (2, 3) or arr.shape[0] != rows:
+        raise DataError(f"{where} has shape {arr.shape}, expected ({rows}, steps, features)")
+    arr = np.asarray(arr, dtype=np.float32)
+    if key == "audio":  # as MMSA's loader: -inf audio values (log of silent frames) become 0
+        arr = np.where(np.isneginf(arr), np.float32(0.0), arr)
+    return arr
+
+
+def _lengths(path: Path, split: str, key: str, block: dict, steps: int, rows: int) -> np.ndarray | None:
+    """Valid steps of each row from ``<key>_lengths``, for text also from the attention mask of
+    ``text_bert`` (row 1); None (all steps valid) when the file has neither. Lengths beyond the stored
+    steps mean the sequence was truncated: they are cut to the stored steps."""
+    where = f"{path}: split '{split}', key"
+    if f"{key}_lengths" in block:
+        name, raw = f"{key}_lengths", block[f"{key}_lengths"]
+    elif key == "text" and "text_bert" in block:
+        name, bert = "text_bert", np.asarray(block["text_bert"])
+        if bert.ndim != 3 or bert.shape[:2] != (rows, 3):
+            raise DataError(f"{where} 'text_bert' has shape {bert.shape}, expected ({rows}, 3, steps)")
+        raw = np.asarray(bert[:, 1, :], dtype=np.float64).sum(axis=1)  # the attention mask counts the tokens
     else:
-        try:
-            raw = np.asarray(lengths, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{path}: split '{split}', key '{key}_lengths' is not numeric: {exc}") from None
-        if raw.shape != (n,):
-            raise DataError(f"{path}: split '{split}', key '{key}_lengths' has shape {raw.shape}, expected ({n},)")
-        if not np.all(np.isfinite(raw)) or np.any(raw < 0) or np.any(raw != np.round(raw)):
-            raise DataError(f"{path}: split '{split}', key '{key}_lengths' must hold non-negative integers")
-        # Lengths beyond the stored steps mean the sequence was truncated: average what is stored.
-        lens = np.minimum(raw.astype(np.int64), steps)
-    out = np.zeros((n, dim), dtype=np.float64)
-    chunk = 1024
-    for start in range(0, n, chunk):
-        block = np.array(arr[start : start + chunk], dtype=np.float64)
-        if zero_invalid:
-            block[np.isnan(block) | np.isneginf(block)] = 0.0
-        block_lens = lens[start : start + chunk]
-        block[np.arange(steps)[None, :] >= block_lens[:, None]] = 0.0
-        # Utterances of length 0 get a zero vector.
-        out[start : start + chunk] = block.sum(axis=1) / np.maximum(block_lens, 1)[:, None]
-    return out
+        return None
+    try:
+        lengths = np.asarray(raw, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where} '{name}' is not numeric: {exc}") from None
+    if lengths.shape != (rows,):
+        raise DataError(f"{where} '{name}' has shape {lengths.shape}, expected ({rows},)")
+    if not np.all(np.isfinite(lengths)) or np.any(lengths < 0) or np.any(lengths != np.round(lengths)):
+        raise DataError(f"{where} '{name}' must hold non-negative integers")
+    return np.minimum(lengths.astype(np.int64), steps)
 
 
 def _feature_width(path: Path, split: str, key: str, values: Any, rows: int) -> int:
@@ -172,7 +176,8 @@ def load_mmsa_pickle(path: Path, text_only: bool = False) -> MultimodalDataset:
     if not isinstance(data, dict):
         raise DataError(f"{path}: top level must be a dict of splits, got {type(data).__name__}")
 
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ids", "speakers", "text", "audio", "visual", "labels", "split")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ids", "speakers", "text", "audio", "visual", "labels", "split",
+                                                          "text_lengths", "audio_lengths", "visual_lengths")}
     for split in _MMSA_SPLITS:
         if split not in data:
             raise DataError(f"{path}: missing split '{split}' (found {sorted(map(str, data))})")
@@ -186,17 +191,19 @@ def load_mmsa_pickle(path: Path, text_only: bool = False) -> MultimodalDataset:
                 raise DataError(f"{path}: split '{split}' is missing key '{key}'")
         ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(block["id"]).reshape(-1).tolist()]
         n = len(ids)
-        feats = {}
+        feats, lengths = {}, {}
         for key, field in _MODALITIES:
             if text_only and field != "text":  # the server's view: the width, and an (N, 0) array
                 widths[field].add(_feature_width(path, split, key, block[key], n))
-                feats[field] = np.zeros((n, 0))
+                feats[field] = np.zeros((n, 0), dtype=np.float32)
                 continue
-            feats[field] = _utterance_means(
-                path, split, key, block[key], block.get(f"{key}_lengths"), zero_invalid=(key == "audio")
-            )
-            if feats[field].shape[0] != n:
-                raise DataError(f"{path}: split '{split}', key '{key}' has {feats[field].shape[0]} rows but 'id' has {n}")
+            feats[field] = _steps(path, split, key, block[key], n)
+            if feats[field].ndim == 3:
+                lengths[field] = _lengths(path, split, key, block, feats[field].shape[1], n)
+        text_steps = feats["text"].shape[1] if feats["text"].ndim == 3 else None
+        for key, field in _MODALITIES[1:]:  # aligned: audio/vision on the text's steps, with its lengths
+            if field in lengths and lengths[field] is None and feats[field].shape[1] == text_steps:
+                lengths[field] = lengths["text"]
         try:
             labels = np.asarray(block["regression_labels"], dtype=np.float64).reshape(-1)
         except (TypeError, ValueError) as exc:
@@ -207,13 +214,24 @@ def load_mmsa_pickle(path: Path, text_only: bool = False) -> MultimodalDataset:
         parts["speakers"].append(np.array([_speaker_of(u) for u in ids], dtype=str))
         for field in ("text", "audio", "visual"):
             parts[field].append(feats[field])
+            parts[f"{field}_lengths"].append(lengths.get(field))
         parts["labels"].append(labels)
         parts["split"].append(np.full(n, split))
 
     for field in ("text", "audio", "visual"):
-        sizes = widths[field] if text_only and field != "text" else {a.shape[1] for a in parts[field]}
+        sizes = widths[field] if text_only and field != "text" else {a.shape[-1] for a in parts[field]}
         if len(sizes) != 1:
             raise DataError(f"{path}: field '{field}' has different feature sizes across splits: {sorted(sizes)}")
+        shapes = {a.shape[1:-1] for a in parts[field]}
+        if len(shapes) != 1:
+            raise DataError(f"{path}: field '{field}' has different step counts across splits: "
+                            f"{sorted(s[0] if s else 0 for s in shapes)}")
+    sequence_lengths = {}
+    for field in ("text", "audio", "visual"):
+        if parts[field][0].ndim == 3:
+            sequence_lengths[field] = np.concatenate([
+                np.full(len(a), a.shape[1], dtype=np.int64) if given is None else given
+                for a, given in zip(parts[field], parts[f"{field}_lengths"], strict=True)])
 
     ids, videos = np.concatenate(parts["ids"]), np.concatenate(parts["speakers"])
     dataset = MultimodalDataset(
@@ -229,6 +247,7 @@ def load_mmsa_pickle(path: Path, text_only: bool = False) -> MultimodalDataset:
         source=str(path),
         videos=videos,  # an MMSA id is "<video>$_$<clip>": the clip number orders a video's utterances
         positions=clip_positions([_clip_of(utt) for utt in ids.tolist()], videos),
+        lengths=sequence_lengths,
     )
     if text_only:
         dims = {"text": dataset.dims["text"], **{field: next(iter(widths[field])) for field in ("audio", "visual")}}

@@ -3,6 +3,8 @@
 Each file is a compressed ``.npz`` holding the arrays ``ids``, ``speakers``, ``split`` (unicode),
 ``text``, ``audio``, ``visual``, ``labels`` (float32) and the 0-d unicode scalars ``name``,
 ``label_kind`` and ``source``, and the video structure ``videos`` (unicode) and ``positions`` (int64).
+A modality stored as sequences (``text``/``audio``/``visual`` of shape (N, T, D)) comes with its valid lengths
+``<field>_lengths`` (int64, (N,)); a vector modality (N, D) has none.
 It is read back with ``np.load(..., allow_pickle=False)``, so a file from an untrusted place cannot run code.
 
 :func:`write_partitions` writes one ``partition-<i>.npz`` per client (that client's TRAIN rows,
@@ -38,6 +40,7 @@ SERVER_FILE = "server.npz"
 _DIM_FIELDS = ("audio_dim", "visual_dim")
 # The video structure (str, int64); optional on reading: files written without it get one-utterance videos.
 VIDEO_FIELDS = ("videos", "positions")
+LENGTH_FIELDS = tuple(f"{name}_lengths" for name in ("text", "audio", "visual"))
 
 
 def save_partition(dataset: MultimodalDataset, path: Path) -> None:
@@ -51,6 +54,7 @@ def save_partition(dataset: MultimodalDataset, path: Path) -> None:
     for name in SCALAR_FIELDS:
         arrays[name] = np.array(str(getattr(dataset, name)), dtype=str)
     arrays.update(videos=np.asarray(dataset.videos, dtype=str), positions=np.asarray(dataset.positions, dtype=np.int64))
+    arrays.update({f"{name}_lengths": np.asarray(value, dtype=np.int64) for name, value in dataset.lengths.items()})
     if isinstance(dataset, ServerView):
         for name in _DIM_FIELDS:
             arrays[name] = np.array(dataset.feature_dims[name.removesuffix("_dim")], dtype=np.int64)
@@ -85,6 +89,8 @@ def load_partition(path: Path) -> MultimodalDataset:
                     values[field] = archive[field]
                 for field in VIDEO_FIELDS:
                     values[field] = archive[field] if field in present else None
+                lengths = {field.removesuffix("_lengths"): archive[field] for field in LENGTH_FIELDS
+                           if field in present}
     except DataError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
@@ -109,6 +115,7 @@ def load_partition(path: Path) -> MultimodalDataset:
             source=str(values["source"]),
             videos=values["videos"],
             positions=values["positions"],
+            lengths=lengths,
         )
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
@@ -133,7 +140,7 @@ def load_server_view(path: Path) -> ServerView:
         if value.ndim != 0 or value.dtype.kind not in "iu":
             raise DataError(f"{path}: field '{name}' must be an integer scalar")
     return ServerView(
-        **{name: getattr(base, name) for name in (*ARRAY_FIELDS, *SCALAR_FIELDS, *VIDEO_FIELDS)},
+        **{name: getattr(base, name) for name in (*ARRAY_FIELDS, *SCALAR_FIELDS, *VIDEO_FIELDS, "lengths")},
         feature_dims={name.removesuffix("_dim"): int(value) for name, value in raw.items()},
     )
 

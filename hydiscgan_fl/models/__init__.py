@@ -34,6 +34,7 @@ from hydiscgan_fl.models.registry import (
     build_text_only_model,
     needs_context,
     parameter_counts,
+    pooling,
 )
 from hydiscgan_fl.models.shared import SharedModels, build_shared_models
 from hydiscgan_fl.models.video_layout import VideoLayout
@@ -51,6 +52,7 @@ __all__ = [
     "build_text_only_model",
     "needs_context",
     "parameter_counts",
+    "pooling",
     "ConditionalGenerator",
     "Discriminator",
     "FeatureEncoder",

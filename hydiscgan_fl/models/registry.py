@@ -9,6 +9,10 @@ a user's entry as ``package.module:NAME`` (like aggregation rules), NAME being a
 - M: ``M(text, audio, visual, layout=None) -> (N,)`` outputs, one per row; the text-only member of its
   family ``B(text, layout=None) -> (N,)``. ``layout`` (a :class:`VideoLayout`) is given exactly when the
   family ``needs_context``: its rows are then whole videos.
+- Sequence data (a modality stored as (N, T, D) steps with valid lengths): the family's ``pool`` turns
+  each utterance's valid steps into one vector before M (and G, E, D) see it. ``mlp`` and ``context-gru``
+  take the masked mean over valid steps; G generates such pooled vectors, and D and E compare them with the
+  pooled real sequences.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import numpy as np
 from torch import nn
 
 from hydiscgan_fl.config import HyDiscGANConfig
+from hydiscgan_fl.data.sequences import masked_mean
 from hydiscgan_fl.models.components import GENERATOR, MSA
 from hydiscgan_fl.models.context import ContextGRUMSA, ContextGRUTextOnly
 from hydiscgan_fl.models.networks import ClientDiscriminators, ConditionalGenerator, MSAModel, TextOnlyModel
@@ -38,6 +44,8 @@ class MSAFamily:
     build: Callable[[Dims, HyDiscGANConfig], nn.Module]  # M(t, a, v, layout) from the feature dims
     build_text_only: Callable[[int, HyDiscGANConfig], nn.Module]  # the family's text-only model from the text dim
     needs_context: bool  # reads whole videos (batches of videos, a VideoLayout), not independent utterances
+    # (N, T, D) steps and valid lengths (N,) -> (N, D) utterance vectors, for modalities stored as sequences
+    pool: Callable[[np.ndarray, np.ndarray], np.ndarray] = masked_mean
 
 
 Entry = TypeVar("Entry")
@@ -84,6 +92,11 @@ MSA_MODELS: Registry[MSAFamily] = Registry("msa-model", MSAFamily, {
 
 def msa_family(cfg: HyDiscGANConfig) -> MSAFamily:
     return MSA_MODELS.get(cfg.msa_model)
+
+
+def pooling(cfg: HyDiscGANConfig) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """How the run's M turns a sequence modality into utterance vectors (see the module docstring)."""
+    return msa_family(cfg).pool
 
 
 def needs_context(cfg: HyDiscGANConfig) -> bool:

@@ -42,8 +42,9 @@ import torch
 
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
+from hydiscgan_fl.data.sequences import masked_mean
 from hydiscgan_fl.metrics import HIGHER_IS_BETTER, mean_interval, paired_difference
-from hydiscgan_fl.models import MSA_MODELS, build_shared_models, parameter_counts
+from hydiscgan_fl.models import MSA_MODELS, build_shared_models, parameter_counts, pooling
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
 from hydiscgan_fl.orchestration.schedule import SCHEDULE_KEYS, add_schedule_arguments, schedule_overrides
@@ -267,7 +268,7 @@ def run_group(out: Path, method: str, model: str, seed: int) -> Path:
 
 def _train_tensors(cfg: HyDiscGANConfig) -> UtteranceTensors:
     dataset = cfg.load_dataset()
-    return to_tensors(dataset.split_subset("train"), pick_device())
+    return to_tensors(dataset.split_subset("train"), pick_device(), pooling(cfg))
 
 
 def _attack(features: np.ndarray, cfg: HyDiscGANConfig) -> dict[str, float]:
@@ -282,7 +283,9 @@ def raw_feature_attack(cfg: HyDiscGANConfig) -> dict[str, Any]:
     """The attack on raw (not standardised) audio‖visual of the training utterances, seed 0: a reference for
     how much speaker identity the clients' recordings carry before per-speaker standardisation."""
     train = cfg.load_dataset().split_subset("train")
-    return speaker_attack(np.concatenate([train.audio, train.visual], axis=1), train.speakers, seed=0)
+    raw = [train.audio, train.visual]  # sequences: their masked means (unstandardised)
+    raw = [masked_mean(values, train.lengths.get(name)) for name, values in zip(("audio", "visual"), raw)]
+    return speaker_attack(np.concatenate(raw, axis=1), train.speakers, seed=0)
 
 
 def client_cost(run_dir: Path) -> dict[str, float]:

@@ -32,6 +32,7 @@ from hydiscgan_fl.models import (
     build_client_discriminators,
     build_shared_models,
     needs_context,
+    pooling,
 )
 from hydiscgan_fl.training.data import UtteranceTensors, pick_device, to_tensors
 from hydiscgan_fl.training.loops import (
@@ -80,9 +81,9 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
         raise ValueError(f"unknown central method {method!r}; use one of {list(CENTRAL_METHODS)}")
     dataset = cfg.load_dataset()
     device = pick_device()
-    train = to_tensors(dataset.split_subset("train"), device)
-    valid = to_tensors(dataset.split_subset("valid"), device)
-    test = to_tensors(dataset.split_subset("test"), device)
+    train = to_tensors(dataset.split_subset("train"), device, pooling(cfg))
+    valid = to_tensors(dataset.split_subset("valid"), device, pooling(cfg))
+    test = to_tensors(dataset.split_subset("test"), device, pooling(cfg))
     label_kind = dataset.label_kind
     epochs = cfg.rounds_msa * cfg.local_epochs
     selection = ValidationSelection(label_kind)
