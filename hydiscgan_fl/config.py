@@ -119,7 +119,7 @@ class HyDiscGANConfig(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _dataset_form(cls, value: str) -> str:
-        if value in ("mosi-bclstm", "synthetic"):
+        if value in ("mosi-bclstm", "synthetic", "synthetic-seq"):
             return value
         if value.startswith("mmsa:"):
             if not Path(value[5:]).is_absolute():
@@ -129,7 +129,8 @@ class HyDiscGANConfig(BaseModel):
             if not Path(value[11:]).is_absolute():
                 raise ValueError(f"partitions dataset needs an absolute folder holding server.npz, got {value!r}")
             return value
-        raise ValueError(f"unknown dataset {value!r}; use 'mosi-bclstm', 'synthetic', 'mmsa:/abs/path.pkl' "
+        raise ValueError(f"unknown dataset {value!r}; use 'mosi-bclstm', 'synthetic', 'synthetic-seq', "
+                         "'mmsa:/abs/path.pkl' "
                          "or 'partitions:/abs/dir'")
 
     @field_validator("partition")

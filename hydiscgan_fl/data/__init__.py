@@ -3,7 +3,9 @@
 Dataset specs for :func:`load_dataset`:
 
 - ``"mosi-bclstm"``: CMU-MOSI bc-LSTM features read from ``data_dir / "mosi-bclstm"``;
-- ``"synthetic"``: :func:`make_synthetic` with the given seed;
+- ``"synthetic"``: :func:`make_synthetic` with the given seed (one vector per utterance and modality);
+- ``"synthetic-seq"``: :func:`make_synthetic_sequences` with the given seed (unaligned sequences with valid
+  lengths, a mood drifting through each video, a planted text-step x audio-step interaction);
 - ``"mmsa:<absolute path to .pkl>"``: an MMSA feature pickle (read with a restricted unpickler);
 - ``"partitions:<absolute dir>"``: the server's view ``<dir>/server.npz`` written by
   :func:`write_partitions` (text and labels only), a :class:`ServerView` whose ``feature_dims``
@@ -13,7 +15,7 @@ Dataset specs for :func:`load_dataset`:
 audio/visual of width 0, their real widths in ``feature_dims``). What each spec reads for it:
 
 - "mosi-bclstm": transcripts.csv and text_*.csv only; no audio/video file is opened;
-- "synthetic": the data is generated in full (the generator draws all modalities from one random
+- "synthetic", "synthetic-seq": the data is generated in full (the generator draws all modalities from one random
   stream), then audio/visual are dropped before the view is returned and cached. It is nobody's data;
 - "mmsa:<path>": the pickle holds every modality, so its bytes are read and unpickled in full (restricted
   unpickler); audio/vision are never averaged and are dropped before the function returns;
@@ -35,6 +37,7 @@ from .mosi_bclstm import load_mosi_bclstm
 from .partition import partition_indices
 from .partition_files import SERVER_FILE, load_partition, load_server_view, save_partition, write_partitions
 from .synthetic import make_synthetic
+from .synthetic_sequences import make_synthetic_sequences
 
 __all__ = [
     "DataError",
@@ -43,6 +46,7 @@ __all__ = [
     "with_validation_speakers",
     "load_mosi_bclstm",
     "make_synthetic",
+    "make_synthetic_sequences",
     "load_mmsa_pickle",
     "partition_indices",
     "save_partition",
@@ -54,7 +58,7 @@ __all__ = [
     "DATASET_SPECS",
 ]
 
-DATASET_SPECS = ("mosi-bclstm", "synthetic", "mmsa:<absolute path to .pkl>", "partitions:<absolute dir>")
+DATASET_SPECS = ("mosi-bclstm", "synthetic", "synthetic-seq", "mmsa:<absolute path to .pkl>", "partitions:<absolute dir>")
 
 
 @functools.lru_cache(maxsize=8)
@@ -73,8 +77,8 @@ def _read(spec: str, data_dir: Path | None, seed: int, text_only: bool) -> Multi
         if data_dir is None:
             raise DataError("dataset 'mosi-bclstm' needs the data directory that holds mosi-bclstm/")
         return load_mosi_bclstm(data_dir / "mosi-bclstm", text_only=text_only)
-    if spec == "synthetic":
-        full = make_synthetic(seed=seed)
+    if spec in ("synthetic", "synthetic-seq"):
+        full = make_synthetic(seed=seed) if spec == "synthetic" else make_synthetic_sequences(seed=seed)
         return ServerView.of(full) if text_only else full
     if spec.startswith("mmsa:"):
         pkl = Path(spec[len("mmsa:") :])

@@ -27,6 +27,22 @@ _AUDIO_SPEAKER_SCALE = 2.0
 _VISUAL_SPEAKER_SCALE = 1.5
 
 
+def direction(rng: np.random.Generator, dim: int, active: int) -> np.ndarray:
+    """Random vector, zero after ``active`` entries, rescaled to squared norm ``active``."""
+    w = np.zeros(dim)
+    w[:active] = rng.standard_normal(active)
+    return w * np.sqrt(active / np.sum(w**2))
+
+
+def speaker_test_split(rng: np.random.Generator, speaker_index: np.ndarray, num_speakers: int,
+                       test_fraction: float) -> np.ndarray:
+    """"test" for ``round(test_fraction * num_speakers)`` speakers (at least 1, at most all but one) drawn with
+    ``rng``, "train" for the others: a speaker-independent split, per row."""
+    num_test = int(min(max(round(test_fraction * num_speakers), 1), num_speakers - 1))
+    test_speakers = rng.permutation(num_speakers)[:num_test]
+    return np.where(np.isin(speaker_index, test_speakers), "test", "train")
+
+
 def make_synthetic(
     seed: int = 0,
     num_speakers: int = 80,
@@ -75,15 +91,9 @@ def make_synthetic(
     speaker_index = np.repeat(np.arange(num_speakers), utterances_per_speaker)
 
     # Fixed projections.
-    def direction(dim: int, active: int) -> np.ndarray:
-        """Random vector, zero after ``active`` entries, rescaled to squared norm ``active``."""
-        w = np.zeros(dim)
-        w[:active] = rng.standard_normal(active)
-        return w * np.sqrt(active / np.sum(w**2))
-
-    w_t = direction(text_dim, text_dim // 2)
-    w_a, u_a = direction(audio_dim, audio_dim), direction(audio_dim, audio_dim)
-    w_v, u_v = direction(visual_dim, visual_dim), direction(visual_dim, visual_dim)
+    w_t = direction(rng, text_dim, text_dim // 2)
+    w_a, u_a = direction(rng, audio_dim, audio_dim), direction(rng, audio_dim, audio_dim)
+    w_v, u_v = direction(rng, visual_dim, visual_dim), direction(rng, visual_dim, visual_dim)
     # Speaker signatures.
     m_a = rng.standard_normal((num_speakers, audio_dim))
     m_v = rng.standard_normal((num_speakers, visual_dim))
@@ -107,9 +117,7 @@ def make_synthetic(
         + _AV_NOISE * rng.standard_normal((n, visual_dim))
     )
 
-    num_test = int(min(max(round(test_fraction * num_speakers), 1), num_speakers - 1))
-    test_speakers = rng.permutation(num_speakers)[:num_test]
-    is_test = np.isin(speaker_index, test_speakers)
+    split = speaker_test_split(rng, speaker_index, num_speakers, test_fraction)
 
     speaker_names = np.array([f"spk{s:03d}" for s in range(num_speakers)])
     clip = np.tile(np.arange(1, utterances_per_speaker + 1), num_speakers)
@@ -123,7 +131,7 @@ def make_synthetic(
         audio=audio,
         visual=visual,
         labels=labels,
-        split=np.where(is_test, "test", "train"),
+        split=split,
         label_kind="regression",
         videos=speaker_names[speaker_index],  # a speaker's utterances, in order, form its video
         positions=clip,

@@ -1,0 +1,130 @@
+"""Seeded synthetic sequence data (dataset spec ``synthetic-seq``): unaligned frame-level modalities, a mood
+that drifts through each video, per-speaker voice/face signatures and a planted cross-modal interaction.
+
+Made for what sequence and context models need to show, each with a signal that only they can use:
+context (the mood, shared by neighbouring utterances), the private modalities (a paralinguistic component
+that text lacks), and fusion at the step level (a text step feature times an audio step feature).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .dataset import DataError, MultimodalDataset
+from .synthetic import direction, speaker_test_split
+
+__all__ = ["make_synthetic_sequences"]
+
+# Generative-model constants (see make_synthetic_sequences' docstring).
+_MOOD_PERSISTENCE = 0.8
+_LABEL_WEIGHTS = {"verbal": 0.6, "para": 0.5, "mood": 0.6, "interaction": 0.5}
+_LABEL_SCALE = 1.2
+_LABEL_NOISE = 0.3
+_TEXT_MOOD = 0.8
+_FRAME_NOISE = 1.0
+_AUDIO_SENTIMENT_SCALE = 0.8
+_VISUAL_SENTIMENT_SCALE = 0.6
+_AUDIO_SPEAKER_SCALE = 2.0
+_VISUAL_SPEAKER_SCALE = 1.5
+_CUE_SCALE = 3.0
+_MIN_STEPS = {"text": 4, "audio": 8, "visual": 6}
+
+
+def make_synthetic_sequences(
+    seed: int = 0,
+    num_speakers: int = 60,
+    utterances_per_speaker: int = 16,
+    dims: tuple[int, int, int] = (16, 12, 12),
+    steps: tuple[int, int, int] = (12, 20, 16),
+    test_fraction: float = 0.25,
+) -> MultimodalDataset:
+    """A deterministic sequence dataset (name "synthetic-seq", label_kind "regression").
+
+    Each speaker s has one video of ``utterances_per_speaker`` utterances in order (ids ``spk<NNN>_<k>``).
+    With ``rng = np.random.default_rng(seed)``, every draw N(0, 1) unless said otherwise, for utterance k:
+
+    - mood: ``mood[0] ~ N(0, 1)``, ``mood[k] = 0.8 mood[k-1] + 0.6 e[k]``: it drifts across the video
+      (stationary variance 1, correlation 0.8 between neighbours);
+    - verbal ``z_t[k]``, paralinguistic ``z_p[k]``, and two cue values ``c_t[k]``, ``c_a[k]``;
+    - label ``y = clip(1.2 (0.6 z_t + 0.5 z_p + 0.6 mood + 0.5 c_t c_a) + 0.3 e, -3, 3)``;
+    - valid lengths, unaligned: text ``L_t ~ U{4..T_t}``, audio ``L_a ~ U{8..T_a}``, visual
+      ``L_v ~ U{6..T_v}`` (``steps`` = (T_t, T_a, T_v), padding zeros);
+    - text step j < L_t: ``(z_t + 0.8 mood) w_t + n``, and feature 0 of one random valid step (the cue word)
+      is ``3 c_t`` + noise instead: one utterance's text confounds z_t with the mood, its neighbours'
+      text tells them apart (context);
+    - audio step j < L_a: ``0.8 z_p w_a + 2.0 m_a[s] + n``, and feature 0 of a run of L_a // 4 frames at a
+      random place is ``3 c_a`` + noise (the cue's prosody);
+    - visual step j < L_v: ``0.6 z_p w_v + 1.5 m_v[s] + n``;
+
+    ``w_*`` are fixed random directions (``w_t`` and ``w_a`` zero on feature 0, so the cues stand apart),
+    ``m_a[s]``, ``m_v[s]`` the speaker's voice and face signatures, ``n`` unit frame noise. z_p (25% of the
+    label's signal variance) is only in audio/visual; c_t c_a only in the product of a text step and an
+    audio step (their pooled means are diluted by the lengths). The split is speaker independent, as in
+    :func:`~hydiscgan_fl.data.make_synthetic`.
+    """
+    if num_speakers < 2 or utterances_per_speaker < 1:
+        raise DataError(f"synthetic-seq: need at least 2 speakers and 1 utterance each, got {num_speakers} and "
+                        f"{utterances_per_speaker}")
+    names = ("text", "audio", "visual")
+    for name, dim, count in zip(names, dims, steps, strict=True):
+        if dim < 2 or count < _MIN_STEPS[name]:
+            raise DataError(f"synthetic-seq: {name} needs at least 2 features and {_MIN_STEPS[name]} steps, got "
+                            f"{dim} and {count}")
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"synthetic-seq: test_fraction must be in (0, 1), got {test_fraction}")
+
+    rng = np.random.default_rng(seed)
+    n = num_speakers * utterances_per_speaker
+    speaker_index = np.repeat(np.arange(num_speakers), utterances_per_speaker)
+    position = np.tile(np.arange(utterances_per_speaker), num_speakers)
+    text_dim, audio_dim, visual_dim = dims
+
+    w_t, w_a, w_v = (direction(rng, dim, dim) for dim in dims)
+    w_t[0] = w_a[0] = 0.0  # feature 0 of text and audio carries the cues alone
+    m_a = rng.standard_normal((num_speakers, audio_dim))
+    m_v = rng.standard_normal((num_speakers, visual_dim))
+
+    mood = np.empty(n)
+    innovation = rng.standard_normal(n)
+    for row in range(n):
+        fresh = position[row] == 0
+        mood[row] = innovation[row] if fresh else (_MOOD_PERSISTENCE * mood[row - 1]
+                                                   + np.sqrt(1 - _MOOD_PERSISTENCE**2) * innovation[row])
+    z_t, z_p, c_t, c_a = rng.standard_normal((4, n))
+    signal = (_LABEL_WEIGHTS["verbal"] * z_t + _LABEL_WEIGHTS["para"] * z_p + _LABEL_WEIGHTS["mood"] * mood
+              + _LABEL_WEIGHTS["interaction"] * c_t * c_a)
+    labels = np.clip(_LABEL_SCALE * signal + _LABEL_NOISE * rng.standard_normal(n), -3.0, 3.0)
+
+    lengths = {name: rng.integers(_MIN_STEPS[name], count + 1, n) for name, count in zip(names, steps, strict=True)}
+    frames = {name: _FRAME_NOISE * rng.standard_normal((n, count, dim))
+              for name, count, dim in zip(names, steps, dims, strict=True)}
+    frames["text"] += ((z_t + _TEXT_MOOD * mood)[:, None] * w_t[None, :])[:, None, :]
+    frames["audio"] += (_AUDIO_SENTIMENT_SCALE * np.outer(z_p, w_a) + _AUDIO_SPEAKER_SCALE * m_a[speaker_index])[:, None]
+    frames["visual"] += (_VISUAL_SENTIMENT_SCALE * np.outer(z_p, w_v)
+                         + _VISUAL_SPEAKER_SCALE * m_v[speaker_index])[:, None]
+    cue_word = (rng.random(n) * lengths["text"]).astype(np.int64)
+    frames["text"][np.arange(n), cue_word, 0] += _CUE_SCALE * c_t
+    run = np.maximum(lengths["audio"] // 4, 1)
+    run_start = (rng.random(n) * (lengths["audio"] - run + 1)).astype(np.int64)
+    in_run = (np.arange(steps[1])[None, :] >= run_start[:, None]) & (np.arange(steps[1])[None, :] < (run_start + run)[:, None])
+    frames["audio"][:, :, 0] += _CUE_SCALE * c_a[:, None] * in_run
+
+    split = speaker_test_split(rng, speaker_index, num_speakers, test_fraction)
+    speaker_names = np.array([f"spk{s:03d}" for s in range(num_speakers)])
+    ids = np.array([f"{speaker_names[s]}_{k + 1}" for s, k in zip(speaker_index.tolist(), position.tolist())])
+    return MultimodalDataset(
+        name="synthetic-seq",
+        ids=ids,
+        speakers=speaker_names[speaker_index],
+        text=frames["text"],  # padding is zeroed by the dataset from the lengths
+        audio=frames["audio"],
+        visual=frames["visual"],
+        labels=labels,
+        split=split,
+        label_kind="regression",
+        videos=speaker_names[speaker_index],
+        positions=position + 1,
+        lengths=lengths,
+        source=f"make_synthetic_sequences(seed={seed}, num_speakers={num_speakers}, utterances_per_speaker="
+               f"{utterances_per_speaker}, dims={dims}, steps={steps}, test_fraction={test_fraction})",
+    )
