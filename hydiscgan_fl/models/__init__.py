@@ -6,8 +6,9 @@ Who holds what:
   With adversarial identity unlearning (adv-lambda > 0) also a speaker adversary behind a gradient-reversal
   layer (models.adversary).
 G and M are chosen by name in the run config (models.registry: `generator-model`, `msa-model`); M may
-read whole videos of utterances (`context-gru`). All features are utterance-level vectors; G writes into
-the real feature spaces (per-speaker standardised), so fake and real features can be compared directly.
+read whole videos of utterances (`context-gru`). The networks read utterance-level vectors (sequence data is
+pooled by the MSA family first, registry.pooling); G writes into the real feature spaces (per-speaker
+standardised, pooled), so fake and real features can be compared directly.
 """
 
 from hydiscgan_fl.models.adversary import (
