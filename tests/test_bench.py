@@ -17,9 +17,9 @@ from strategies import HyDiscGANStrategy
 from tests.grids import StaticGrid
 from tests.sanity import above_chance
 
-COLUMNS = ["dataset", "method", "model", "seed", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae",
-           "corr", "acc2", "f1", "selected_step", "speaker_attack_acc", "speaker_attack_chance", "client_bytes_up_per_round",
-           "client_bytes_down_per_round", "client_train_s_per_round", "wall_s"]
+COLUMNS = ["dataset", "method", "model", "seed", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7",
+           "mae", "corr", "acc2", "f1", "selected_step", "speaker_attack_acc", "speaker_attack_chance",
+           "client_bytes_up_per_round", "client_bytes_down_per_round", "client_train_s_per_round", "wall_s"]
 REGRESSION = ["acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr"]
 COST = ["client_bytes_up_per_round", "client_bytes_down_per_round", "client_train_s_per_round"]
 TINY = ["--rounds-align", "1", "--rounds-msa", "1", "--local-epochs", "1"]

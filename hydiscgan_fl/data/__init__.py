@@ -58,7 +58,8 @@ __all__ = [
     "DATASET_SPECS",
 ]
 
-DATASET_SPECS = ("mosi-bclstm", "synthetic", "synthetic-seq", "mmsa:<absolute path to .pkl>", "partitions:<absolute dir>")
+DATASET_SPECS = ("mosi-bclstm", "synthetic", "synthetic-seq", "mmsa:<absolute path to .pkl>",
+                 "partitions:<absolute dir>")
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,9 +1,10 @@
 """Multimodal dataset container and per-speaker normalisation.
 
 A :class:`MultimodalDataset` holds, per utterance and modality (text, audio, visual), one feature vector
-or a sequence of steps with its valid length (:mod:`hydiscgan_fl.data.sequences`), a label, the utterance id, the speaker (video) id and the split of every row. It is
-immutable: the dataclass is frozen, and every array is a private float32/str copy marked read-only,
-so that datasets cached by :func:`hydiscgan_fl.data.load_dataset` cannot be changed by a caller.
+or a sequence of steps with its valid length (:mod:`hydiscgan_fl.data.sequences`), and a label, the
+utterance id, the speaker (video) id and the split of every row. It is immutable: the dataclass is
+frozen, and every array is a private float32/str copy marked read-only, so that datasets cached by
+:func:`hydiscgan_fl.data.load_dataset` cannot be changed by a caller.
 Copy an array (``np.array(ds.text)`` or ``torch.tensor(ds.text)``) before modifying it.
 """
 
@@ -42,11 +43,11 @@ class MultimodalDataset:
     ``labels`` are {0, 1} when ``label_kind == "binary"`` and continuous sentiment scores when
     ``label_kind == "regression"``. A feature array is (N, D) vectors or (N, T, D) sequences; ``lengths``
     maps the name of a sequence field to its valid lengths (N,) (left out: all T steps valid), and after
-    construction holds an entry for every sequence field and none other. Feature arrays may have zero columns (the server's view of a
-    dataset holds audio and visual arrays of shape (N, 0)). ``videos`` and ``positions`` say which video
-    each utterance belongs to and where in it (see :mod:`hydiscgan_fl.data.videos`); left out, every
-    utterance is its own video. Equality is identity (``eq=False``):
-    compare fields with numpy to compare contents.
+    construction holds an entry for every sequence field and none other. Feature arrays may have zero
+    columns (the server's view of a dataset holds audio and visual arrays of shape (N, 0)). ``videos`` and
+    ``positions`` say which video each utterance belongs to and where in it (see
+    :mod:`hydiscgan_fl.data.videos`); left out, every utterance is its own video. Equality is identity
+    (``eq=False``): compare fields with numpy to compare contents.
     """
 
     name: str

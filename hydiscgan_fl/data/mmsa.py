@@ -176,8 +176,8 @@ def load_mmsa_pickle(path: Path, text_only: bool = False) -> MultimodalDataset:
     if not isinstance(data, dict):
         raise DataError(f"{path}: top level must be a dict of splits, got {type(data).__name__}")
 
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ids", "speakers", "text", "audio", "visual", "labels", "split",
-                                                          "text_lengths", "audio_lengths", "visual_lengths")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ids", "speakers", "text", "audio", "visual", "labels",
+                                                          "split", "text_lengths", "audio_lengths", "visual_lengths")}
     for split in _MMSA_SPLITS:
         if split not in data:
             raise DataError(f"{path}: missing split '{split}' (found {sorted(map(str, data))})")

@@ -51,6 +51,7 @@ def masked_mean(features: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
         if lengths is not None:
             raise DataError(f"vectors of shape {x.shape} have no steps, but lengths were given")
         return x
+    x = np.asarray(x, dtype=np.float32)  # no float64 copy: an MMSA text array alone is hundreds of MB
     mask = valid_steps(lengths, x.shape[1])
-    total = np.einsum("ntd,nt->nd", x.astype(np.float64), mask.astype(np.float64))
+    total = np.einsum("ntd,nt->nd", x, mask.astype(np.float32))
     return (total / np.maximum(mask.sum(axis=1), 1)[:, None]).astype(np.float32)

@@ -99,14 +99,16 @@ def make_synthetic_sequences(
     frames = {name: _FRAME_NOISE * rng.standard_normal((n, count, dim))
               for name, count, dim in zip(names, steps, dims, strict=True)}
     frames["text"] += ((z_t + _TEXT_MOOD * mood)[:, None] * w_t[None, :])[:, None, :]
-    frames["audio"] += (_AUDIO_SENTIMENT_SCALE * np.outer(z_p, w_a) + _AUDIO_SPEAKER_SCALE * m_a[speaker_index])[:, None]
+    frames["audio"] += (_AUDIO_SENTIMENT_SCALE * np.outer(z_p, w_a)
+                        + _AUDIO_SPEAKER_SCALE * m_a[speaker_index])[:, None]
     frames["visual"] += (_VISUAL_SENTIMENT_SCALE * np.outer(z_p, w_v)
                          + _VISUAL_SPEAKER_SCALE * m_v[speaker_index])[:, None]
     cue_word = (rng.random(n) * lengths["text"]).astype(np.int64)
     frames["text"][np.arange(n), cue_word, 0] += _CUE_SCALE * c_t
     run = np.maximum(lengths["audio"] // 4, 1)
     run_start = (rng.random(n) * (lengths["audio"] - run + 1)).astype(np.int64)
-    in_run = (np.arange(steps[1])[None, :] >= run_start[:, None]) & (np.arange(steps[1])[None, :] < (run_start + run)[:, None])
+    frame = np.arange(steps[1])[None, :]
+    in_run = (frame >= run_start[:, None]) & (frame < (run_start + run)[:, None])
     frames["audio"][:, :, 0] += _CUE_SCALE * c_a[:, None] * in_run
 
     split = speaker_test_split(rng, speaker_index, num_speakers, test_fraction)

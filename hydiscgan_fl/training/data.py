@@ -47,8 +47,8 @@ def to_tensors(dataset: MultimodalDataset, device: torch.device, pool: Pool = ma
     """Utterance vectors of every modality (see `utterance_vectors`; `pool` is the MSA family's pooling,
     registry.msa_family(cfg).pool) and the labels, on `device`."""
     as_tensor = lambda a: torch.tensor(np.asarray(a, dtype=np.float32), device=device)  # noqa: E731
-    return UtteranceTensors(*(as_tensor(utterance_vectors(dataset, name, pool)) for name in ("text", "audio", "visual")),
-                            as_tensor(dataset.labels))
+    vectors = (as_tensor(utterance_vectors(dataset, name, pool)) for name in ("text", "audio", "visual"))
+    return UtteranceTensors(*vectors, as_tensor(dataset.labels))
 
 
 def minibatches(num_rows: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
