@@ -106,10 +106,13 @@ class HyDiscGANConfig(BaseModel):
     # Weight cap [max-examples-ratio] (docs/aggregation.md): in example-weighted rules a client counts
     # for at most this multiple of the round's median claimed num-examples (clients' claims are unverified).
     max_examples_ratio: float = Field(3.0, ge=1.0)
-    # Model selection [valid-fraction]: this fraction of the training speakers (seeded by `seed`) are
-    # validation speakers, on no client; the reported round is the best on them (data with its own
-    # "valid" split, MMSA's, keeps it).
+    # Model selection [valid-fraction, valid-from]: round(valid-fraction x training speakers) speakers of the
+    # split valid-from (seeded by `seed`) are validation speakers, on no client; the reported round is the
+    # best on them. "auto": the test speakers for mosi-bclstm (its training features are fitted to the
+    # training labels, hydiscgan_fl.data.VALID_FROM_TEST), the training speakers otherwise. Data with its own
+    # "valid" split (MMSA's) keeps it.
     valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    valid_from: Literal["auto", "train", "test"] = "auto"
     # Models (hydiscgan_fl.models.registry) [msa-model, generator-model]: a registry name, or a user's entry as
     # 'package.module:NAME'. "context-gru" reads whole videos: batches of videos; iid/dirichlet partitions
     # then assign whole videos to clients.
@@ -220,13 +223,13 @@ class HyDiscGANConfig(BaseModel):
         return Path(self.data_dir) if self.data_dir else project_root() / "data"
 
     def load_dataset(self, text_only: bool = False) -> MultimodalDataset:
-        """The run's dataset, validation speakers carved out of the training ones (valid-fraction);
+        """The run's dataset, validation speakers carved out (valid-fraction, valid-from);
         ``text_only``: the server's view, read without touching audio/video (hydiscgan_fl.data).
         data-dir is resolved only for the spec that reads it (mosi-bclstm), so a deployed server
         reading `partitions:<dir>` needs no project checkout."""
         data_dir = self.resolved_data_dir() if self.dataset == "mosi-bclstm" else None
         return load_dataset(self.dataset, data_dir, self.seed, valid_fraction=self.valid_fraction,
-                            text_only=text_only)
+                            valid_from=self.valid_from, text_only=text_only)
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else project_root() / "runs"
