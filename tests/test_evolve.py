@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from hydiscgan_fl.evolution.augment import rare_rows
 from hydiscgan_fl.evolution.fitness import (
     TextConditionedJudge,
     match_fitness,
@@ -114,6 +115,11 @@ def test_evolution_beats_random_search_on_a_fixed_problem():
     assert sum(e > d for e, d in zip(evolved, drawn)) >= 4  # paired by seed
 
 
+def test_rare_bins_are_those_below_the_share():
+    rows, rare = rare_rows(np.array([0.1, -0.2, 0.4, 2.6, -2.9, 0.0]), rare_share=0.2)
+    assert rare == [-3, 3] and rows.tolist() == [3, 4]
+
+
 def test_targets_and_distributions():
     assert parse_target("0.7,0.3", "binary").tolist() == [0.7, 0.3]
     assert score_distribution(np.array([1.3]))[0].round(6).tolist() == [0, 0, 0, 0, 0.7, 0.3, 0]
@@ -144,5 +150,10 @@ def test_the_command_on_a_tiny_in_process_run(tmp_path, capsys):
     rows = (tmp_path / "cmp" / "compare.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 2 and "second_m_fitness" in rows[0]
     assert "GA − this" in (tmp_path / "cmp" / "compare.md").read_text()
-    assert main([*common[:3], "--target", "0.7,0.3", "--out", str(tmp_path / "bad")]) == 2  # binary target, continuous run
+    assert main([*common[:3], "--augment", "--seeds", "1", "--rare-share", "0.5", "--copies", "2", "--population", "4",
+                 "--generations", "1", "--out", str(tmp_path / "aug")]) == 0
+    arms = [line.split(",")[0] for line in (tmp_path / "aug" / "augment.csv").read_text().splitlines()[1:]]
+    assert arms == ["base", "oversample", "evolved"]
+    bad_target = [*common[:3], "--target", "0.7,0.3", "--out", str(tmp_path / "bad")]  # binary, continuous run
+    assert main(bad_target) == 2
     assert "7 bin weights" in capsys.readouterr().err

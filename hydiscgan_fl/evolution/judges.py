@@ -105,38 +105,58 @@ def real_reference(run: FinishedRun, split: str) -> UtteranceTensors:
 
 
 @torch.no_grad()
-def _fakes(generator: torch.nn.Module, text: torch.Tensor, labels: torch.Tensor, seed: int) -> UtteranceTensors:
-    """(t, G(t, z), y) with z ~ N(0, I) drawn once from `seed`."""
+def _fakes(generator: torch.nn.Module, text: torch.Tensor, labels: torch.Tensor, seed: int | None) -> UtteranceTensors:
+    """(t, G(t, z), y) with z ~ N(0, I) drawn once from `seed`; z = 0 (inference) when seed is None."""
     generator.eval()
-    noise = torch.randn(text.shape[0], generator.noise_dim, generator=torch.Generator().manual_seed(seed))
+    noise = (None if seed is None else
+             torch.randn(text.shape[0], generator.noise_dim, generator=torch.Generator().manual_seed(seed)))
     audio, visual = generator(text, noise)
     return UtteranceTensors(text, audio, visual, labels)
 
 
-def train_second_msa(run: FinishedRun, seed: int) -> tuple[torch.nn.Module, dict[str, float]]:
-    """A second M, trained independently of the run's M: a fresh M of the same family (initialised from
-    `seed`) trained centrally on the server's training text and labels with G's fakes G(t, z), z ~ N(0, I)
-    drawn once, for rounds-msa x local-epochs epochs, the epoch selected on the validation speakers with
-    G(t, 0) as at inference. Uses only what the server holds. Returns it and its validation metrics."""
-    family = msa_family(run.cfg)
+def _cat(first: UtteranceTensors, second: UtteranceTensors) -> UtteranceTensors:
+    return UtteranceTensors(*(torch.cat([getattr(first, name), getattr(second, name)])
+                              for name in ("text", "audio", "visual", "labels")))
+
+
+@dataclass(frozen=True)
+class TrainedMSA:
+    """An M trained centrally on fakes, its selected epoch and its validation and test metrics there."""
+
+    msa: torch.nn.Module
+    selected_epoch: int
+    valid: dict[str, float]
+    test: dict[str, float]
+
+
+def train_msa_on_fakes(run: FinishedRun, seed: int, extra: UtteranceTensors | None = None) -> TrainedMSA:
+    """A fresh M of the run's family (initialised from `seed`), trained centrally, stage-2 style, on what
+    the server holds: the training text and labels with the run's G's fakes G(t, z), z ~ N(0, I) drawn
+    once from `seed`, plus `extra` rows if given; rounds-msa x local-epochs epochs, the epoch selected on
+    the validation speakers with G(t, 0) as at inference (test metrics at that epoch, never used to
+    choose)."""
     as_tensor = lambda a: torch.tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
-    train, valid = run.text_view.split_subset("train"), run.text_view.split_subset("valid")
-    train_data = _fakes(run.generator, as_tensor(train.text), as_tensor(train.labels), seed)
-    valid_data = _fakes(run.generator, as_tensor(valid.text), as_tensor(valid.labels), seed)
-    with torch.no_grad():  # inference features G(t, 0) for selection
-        valid_data = UtteranceTensors(valid_data.text, *run.generator(valid_data.text), valid_data.labels)
+    split = {name: run.text_view.split_subset(name) for name in ("train", "valid", "test")}
+    train_data = _fakes(run.generator, as_tensor(split["train"].text), as_tensor(split["train"].labels), seed)
+    if extra is not None:
+        train_data = _cat(train_data, extra)
+    evaluation = {name: _fakes(run.generator, as_tensor(split[name].text), as_tensor(split[name].labels), None)
+                  for name in ("valid", "test")}
     torch.manual_seed(seed)
-    msa = family.build(run.dims, run.cfg)
+    msa = msa_family(run.cfg).build(run.dims, run.cfg)
     selection = ValidationSelection(run.label_kind)
     best: dict[str, torch.Tensor] = {}
 
+    def metrics(model: torch.nn.Module, name: str) -> dict[str, float]:
+        preds = predict_multimodal(model, evaluation[name], run.label_kind)
+        return summary_metrics(preds, split[name].labels, run.label_kind)
+
     def on_epoch(epoch: int, model: torch.nn.Module) -> None:
-        metrics = summary_metrics(predict_multimodal(model, valid_data, run.label_kind), valid.labels, run.label_kind)
-        if selection.offer(epoch, metrics, {}):
+        if selection.offer(epoch, metrics(model, "valid"), metrics(model, "test")):
             best.update({key: value.detach().clone() for key, value in model.state_dict().items()})
 
     train_multimodal(msa, train_data, run.cfg, run.cfg.rounds_msa * run.cfg.local_epochs, seed, run.label_kind,
                      on_epoch=on_epoch)
     if best:
         msa.load_state_dict(best)
-    return msa.eval(), {**selection.valid, "selected_epoch": selection.step}
+    return TrainedMSA(msa.eval(), int(selection.step or 0), dict(selection.valid), dict(selection.test))

@@ -85,7 +85,8 @@ class SearchResult:
     def log_rows(self) -> list[dict[str, float]]:
         """One row per (problem, generation): generation, evaluations, best, mean, diversity."""
         return [{"method": self.method, "problem": problem, "generation": generation,
-                 "evaluations": int(self.evaluations[generation][problem]), "best": float(self.best[generation][problem]),
+                 "evaluations": int(self.evaluations[generation][problem]),
+                 "best": float(self.best[generation][problem]),
                  "mean": float(self.mean[generation][problem]),
                  "diversity": float(self.diversity[generation][problem])}
                 for problem in range(self.elites.shape[0]) for generation in range(len(self.evaluations))]

@@ -3,6 +3,7 @@
 
     hydiscgan evolve --run-dir RUN --target 0.7,0.3 --out DIR              # one search (EvoGAN's GA)
     hydiscgan evolve --run-dir RUN --target 0.7,0.3 --compare --out DIR    # GA vs random search vs CMA-ES
+    hydiscgan evolve --run-dir RUN --augment --seeds 5 --out DIR           # evolved fakes for rare bins
 
 RUN is a finished run directory (its checkpoint.pt: the validation-selected round's G and M). The target
 is (p_negative, p_positive) for binary labels; for continuous labels 7 weights of the Acc-7 bins -3..3 or
@@ -14,7 +15,10 @@ elite set, its diversity), DIR/fitness.png, DIR/elites.csv (per text: best fitne
 realism, genome) and DIR/summary.json. --compare runs every method with --seeds seeds on the same texts
 and writes DIR/compare.csv (one row per method and seed), DIR/compare.md (mean ± std [95 % interval]
 over seeds, paired differences against the GA), DIR/compare.png (best fitness against evaluations);
-it also trains a second M (see hydiscgan_fl.evolution.judges.train_second_msa).
+it also trains a second M (hydiscgan_fl.evolution.judges.train_msa_on_fakes with another seed).
+--augment (continuous labels) trains M with and without evolved fakes for the rare Acc-7 bins, and with
+the same rows from random z as the control (hydiscgan_fl.evolution.augment), and writes DIR/augment.csv
+and DIR/augment.md (test Acc-7 / F1 / MAE at the validation-selected epoch, paired differences).
 
 Realism judges read what a HyDiscGAN server never holds (evaluation-only): real audio/visual of the
 reference split (nearest-real-neighbour distance) and one client's saved discriminators, read from the
@@ -35,8 +39,9 @@ import numpy as np
 import torch
 
 from clients.handlers import PRIVATE_STATE_KEY
-from hydiscgan_fl.evolution.fitness import TextConditionedJudge, match_fitness, parse_target
-from hydiscgan_fl.evolution.judges import FinishedRun, RealismJudge, real_reference, train_second_msa
+from hydiscgan_fl.evolution.augment import augmentation_study, summarise_augmentation
+from hydiscgan_fl.evolution.fitness import TextConditionedJudge, parse_target
+from hydiscgan_fl.evolution.judges import FinishedRun, RealismJudge, real_reference, train_msa_on_fakes
 from hydiscgan_fl.evolution.search import SEARCHES, SearchSpace
 from hydiscgan_fl.evolution.study import FIGURES, compare_searches, no_search_reference, outcome, summarise
 from hydiscgan_fl.models import ClientDiscriminators
@@ -48,7 +53,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("evolve", help="EvoGAN: search G's noise for a target sentiment mix",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True, help="a finished run directory (checkpoint.pt)")
-    parser.add_argument("--target", required=True, help="target distribution, e.g. 0.7,0.3 (see above)")
+    parser.add_argument("--target", help="target distribution, e.g. 0.7,0.3 (see above); not with --augment")
     parser.add_argument("--split", choices=SPLITS, default="valid", help="where the texts come from (default: valid)")
     parser.add_argument("--texts", type=int, default=20, help="texts, spread over the split; 0 = all (default: 20)")
     parser.add_argument("--population", type=int, default=20, help="population size K (default: %(default)s)")
@@ -59,9 +64,16 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="search seed of a single run (default: %(default)s)")
     parser.add_argument("--compare", action="store_true", help="compare every method over --seeds seeds")
     parser.add_argument("--seeds", type=int, default=20, help="seeds 0..N-1 of --compare (default: %(default)s)")
+    parser.add_argument("--augment", action="store_true", help="measure augmentation with evolved fakes "
+                        "for rare Acc-7 bins over --seeds seeds (continuous labels)")
+    parser.add_argument("--rare-share", type=float, default=0.1,
+                        help="--augment: a bin is rare below this share of the training labels (default: %(default)s)")
+    parser.add_argument("--copies", type=int, default=3,
+                        help="--augment: extra fakes per rare utterance, its best z (default: %(default)s)")
     parser.add_argument("--second-m-seed", type=int, default=None,
                         help="seed of the second M of --compare (default: the run's seed + 1)")
-    parser.add_argument("--out", type=Path, default=Path("bench-out/evolve"), help="output folder (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/evolve"),
+                        help="output folder (default: %(default)s)")
     parser.set_defaults(handler=run)
 
 
@@ -95,7 +107,11 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     started = time.time()
     try:
+        if (args.target is None) != args.augment:
+            raise ValueError("give --target, or --augment (whose targets are each utterance's own label)")
         finished = FinishedRun.load(args.run_dir)
+        if args.augment:
+            return _augment(args, finished, started)
         target = parse_target(args.target, finished.label_kind)
         rows = finished.text_rows(args.split, args.texts)
         space = SearchSpace(len(rows), finished.generator.noise_dim, (-args.bound, args.bound), args.population,
@@ -148,7 +164,8 @@ def _single(args, judge, target, space, realism, rows, labels, settings, started
 
 def _compare(args, finished, judge, target, space, realism, settings, started) -> int:
     second_seed = finished.cfg.seed + 1 if args.second_m_seed is None else args.second_m_seed
-    second_msa, second_valid = train_second_msa(finished, second_seed)
+    second = train_msa_on_fakes(finished, second_seed)
+    second_msa, second_valid = second.msa, {**second.valid, "selected_epoch": second.selected_epoch}
     print(f"second M (seed {second_seed}): validation {json.dumps({k: round(v, 4) for k, v in second_valid.items()})}")
     rows, curves = compare_searches(judge, target, space, range(args.seeds), realism, second_msa)
     _write_csv(args.out / "compare.csv", rows)
@@ -162,11 +179,37 @@ def _compare(args, finished, judge, target, space, realism, settings, started) -
     return 0
 
 
+def _augment(args, finished, started) -> int:
+    def space_of(problems: int) -> SearchSpace:
+        return SearchSpace(problems, finished.generator.noise_dim, (-args.bound, args.bound), args.population,
+                           args.generations)
+
+    if args.copies > args.population:
+        raise ValueError(f"--copies {args.copies} exceeds --population {args.population} (the elite set)")
+    results, rare, count = augmentation_study(finished, range(args.seeds), args.rare_share, args.copies, space_of)
+    args.out.mkdir(parents=True, exist_ok=True)
+    _write_csv(args.out / "augment.csv", results)
+    lines = [f"rare Acc-7 bins {rare} (share < {args.rare_share}): {count} training utterances, {args.copies} "
+             f"extra fakes each; {args.seeds} seeds; test metrics at the validation-selected epoch", "",
+             "| arm | metric | mean ± std [95 % interval] | arm − base (paired) |", "|---|---|---|---|"]
+    for entry in summarise_augmentation(results):
+        diff = ("" if "diff_vs_base" not in entry else
+                f"{entry['diff_vs_base']:+.4f} [{entry['diff_low']:+.4f}, {entry['diff_high']:+.4f}]"
+                + (" *" if entry["diff_excludes_zero"] else ""))
+        lines.append(f"| {entry['arm']} | {entry['metric']} | {entry['mean']:.4f} ± {entry['std']:.4f} "
+                     f"[{entry['low']:.4f}, {entry['high']:.4f}] | {diff} |")
+    lines += ["", f"* the paired interval excludes zero. run {finished.run_dir}; wall {time.time() - started:.0f} s"]
+    (args.out / "augment.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def _markdown(table: list[dict[str, Any]], reference: dict[str, float], settings: dict[str, Any]) -> str:
     def cell(entry: dict[str, Any]) -> str:
         text = f"{entry['mean']:.3f} ± {entry['std']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
         if "diff_vs_reference" in entry:
-            text += f"; GA − this {entry['diff_vs_reference']:+.3f} [{entry['diff_low']:+.3f}, {entry['diff_high']:+.3f}]"
+            text += (f"; GA − this {entry['diff_vs_reference']:+.3f} "
+                     f"[{entry['diff_low']:+.3f}, {entry['diff_high']:+.3f}]")
         return text
     methods = list(dict.fromkeys(entry["method"] for entry in table))
     lines = [f"| figure | {' | '.join(methods)} | z = 0 (no search) |", "|---" * (len(methods) + 2) + "|"]
