@@ -146,7 +146,8 @@ def test_the_command_on_a_tiny_in_process_run(tmp_path, capsys):
     assert summary["budget_per_text"] == 12 and summary["discriminators"].endswith(".pt")  # a client's saved D
     assert 0 <= summary["best_fitness"] <= 1 and summary["d_real_probability"] >= 0
     assert (tmp_path / "one" / "fitness.png").stat().st_size > 0
-    assert main([*common, "--compare", "--seeds", "2", "--out", str(tmp_path / "cmp")]) == 0
+    relative = [*common[:3], "--target", "shift:-0.3", *common[5:]]  # per text: M's z=0 score - 0.3
+    assert main([*relative, "--compare", "--seeds", "2", "--out", str(tmp_path / "cmp")]) == 0
     rows = (tmp_path / "cmp" / "compare.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 2 and "second_m_fitness" in rows[0]
     assert "GA − this" in (tmp_path / "cmp" / "compare.md").read_text()

@@ -19,9 +19,13 @@ from torch import nn
 ACC7_BINS = np.arange(-3, 4, dtype=np.float64)
 
 
+SHIFT_PREFIX = "shift:"
+
+
 def parse_target(text: str, label_kind: str) -> np.ndarray:
     """A target distribution from the command line: binary labels: 'p_negative,p_positive' (e.g. 0.7,0.3);
-    continuous labels: 7 comma-separated bin weights for -3..3, or one target score (its bin mix)."""
+    continuous labels: 7 comma-separated bin weights for -3..3, or one target score (its bin mix).
+    (A relative target 'shift:DELTA' is resolved per text by `TextConditionedJudge.shifted_target`.)"""
     try:
         values = np.array([float(part) for part in text.split(",")], dtype=np.float64)
     except ValueError:
@@ -51,7 +55,8 @@ def output_distribution(outputs: np.ndarray, label_kind: str) -> np.ndarray:
 
 
 def match_fitness(distribution: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """1 - total-variation distance between predicted distributions [..., C] and the target [C]."""
+    """1 - total-variation distance between predicted distributions [..., C] and the target ([C], or
+    per text [T, 1, C] against [T, B, C])."""
     return 1.0 - 0.5 * np.abs(distribution - target).sum(axis=-1)
 
 
@@ -77,11 +82,20 @@ class TextConditionedJudge:
         return text, audio, visual
 
     @torch.no_grad()
-    def distribution(self, genomes: np.ndarray, msa: nn.Module | None = None) -> np.ndarray:
-        """M's predicted distributions [T, B, C] (another M, e.g. the second judge, with `msa`)."""
+    def outputs(self, genomes: np.ndarray, msa: nn.Module | None = None) -> np.ndarray:
+        """M's raw outputs [T, B] (logits or scores; another M, e.g. the second judge, with `msa`)."""
         text, audio, visual = self.features(genomes)
-        outputs = (msa or self.msa).eval()(text, audio, visual).cpu().numpy()
-        return output_distribution(outputs.reshape(genomes.shape[:2]), self.label_kind)
+        return (msa or self.msa).eval()(text, audio, visual).cpu().numpy().reshape(genomes.shape[:2])
+
+    def distribution(self, genomes: np.ndarray, msa: nn.Module | None = None) -> np.ndarray:
+        """M's predicted distributions [T, B, C]."""
+        return output_distribution(self.outputs(genomes, msa), self.label_kind)
+
+    def shifted_target(self, delta: float) -> np.ndarray:
+        """Per-text targets [T, 1, C]: the distribution of M's output at z = 0 moved by `delta` (logit or
+        score units), a counterfactual nudge ("this text read 0.5 more negative")."""
+        zero = np.zeros((self.text.shape[0], 1, self.generator.noise_dim))
+        return output_distribution(self.outputs(zero) + delta, self.label_kind)
 
     def fitness(self, target: np.ndarray, msa: nn.Module | None = None):
         """The fitness function genomes [T, B, D] -> [T, B] for `target` (under `msa` if given)."""

@@ -7,7 +7,7 @@
 
 RUN is a finished run directory (its checkpoint.pt: the validation-selected round's G and M). The target
 is (p_negative, p_positive) for binary labels; for continuous labels 7 weights of the Acc-7 bins -3..3 or
-one score. Genes are z in [-bound, bound]^noise-dim; every search gets population x (generations + 1)
+one score; or, relative, shift:DELTA: per text, M's output at z = 0 moved by DELTA (logit or score units). Genes are z in [-bound, bound]^noise-dim; every search gets population x (generations + 1)
 fitness evaluations per text.
 
 One search writes DIR/evolve_log.csv (per text and generation: evaluations, best and mean fitness of the
@@ -40,7 +40,7 @@ import torch
 
 from clients.handlers import PRIVATE_STATE_KEY
 from hydiscgan_fl.evolution.augment import augmentation_study, summarise_augmentation
-from hydiscgan_fl.evolution.fitness import TextConditionedJudge, parse_target
+from hydiscgan_fl.evolution.fitness import SHIFT_PREFIX, TextConditionedJudge, parse_target
 from hydiscgan_fl.evolution.judges import FinishedRun, RealismJudge, real_reference, train_msa_on_fakes
 from hydiscgan_fl.evolution.search import SEARCHES, SearchSpace
 from hydiscgan_fl.evolution.study import FIGURES, compare_searches, no_search_reference, outcome, summarise
@@ -112,7 +112,8 @@ def _run(args: argparse.Namespace) -> int:
         finished = FinishedRun.load(args.run_dir)
         if args.augment:
             return _augment(args, finished, started)
-        target = parse_target(args.target, finished.label_kind)
+        shift = _shift(args.target)
+        target = None if shift is not None else parse_target(args.target, finished.label_kind)
         rows = finished.text_rows(args.split, args.texts)
         space = SearchSpace(len(rows), finished.generator.noise_dim, (-args.bound, args.bound), args.population,
                             args.generations)
@@ -121,18 +122,30 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     text, labels = finished.texts(args.split, rows)
     judge = TextConditionedJudge(finished.generator, finished.msa, text, finished.label_kind)
+    if shift is not None:
+        target = judge.shifted_target(shift)
     discriminators, d_source = client_discriminators(finished)
     realism = RealismJudge(real_reference(finished, args.split), discriminators)
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = {"run_dir": str(finished.run_dir), "target": target.tolist(), "label_kind": finished.label_kind,
+    settings = {"run_dir": str(finished.run_dir), "target": args.target if shift is not None else target.tolist(), "label_kind": finished.label_kind,
                 "split": args.split, "texts": len(rows), "population": space.population,
                 "generations": space.generations, "budget_per_text": space.budget, "bounds": list(space.bounds),
                 "discriminators": d_source, "nearest_real_reference": f"real {args.split} audio/visual"}
-    print(f"evolve: {len(rows)} {args.split} texts of {finished.run_dir.name}, target {target.round(3).tolist()}, "
+    print(f"evolve: {len(rows)} {args.split} texts of {finished.run_dir.name}, target {settings['target']}, "
           f"{space.budget} evaluations per text; D: {d_source}")
     if args.compare:
         return _compare(args, finished, judge, target, space, realism, settings, started)
     return _single(args, judge, target, space, realism, rows, labels, settings, started)
+
+
+def _shift(target: str) -> float | None:
+    """DELTA of a relative target 'shift:DELTA', else None."""
+    if not target.startswith(SHIFT_PREFIX):
+        return None
+    try:
+        return float(target.removeprefix(SHIFT_PREFIX))
+    except ValueError:
+        raise ValueError(f"--target {target!r}: 'shift:' needs a number, e.g. shift:-0.5") from None
 
 
 def _single(args, judge, target, space, realism, rows, labels, settings, started) -> int:
@@ -155,7 +168,7 @@ def _single(args, judge, target, space, realism, rows, labels, settings, started
     summary = {**settings, "method": args.method, "seed": args.seed, **figures, "z0": reference,
                "wall_s": time.time() - started}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True))
-    _plot_generations(result, args.out / "fitness.png", f"{args.method}, target {np.round(target, 3).tolist()}")
+    _plot_generations(result, args.out / "fitness.png", f"{args.method}, target {settings['target']}")
     print(f"{args.method} seed {args.seed}: best fitness {figures['best_fitness']:.4f} (z=0: "
           f"{reference['best_fitness']:.4f}), reached >= 0.95 on {figures['success_rate']:.0%} of texts, "
           f"elite diversity {figures['elite_diversity']:.3f}; wrote {args.out}")
@@ -174,7 +187,7 @@ def _compare(args, finished, judge, target, space, realism, settings, started) -
     markdown = _markdown(table, reference, {**settings, "seeds": args.seeds, "second_m_seed": second_seed,
                                             "second_m_valid": second_valid, "wall_s": round(time.time() - started, 1)})
     (args.out / "compare.md").write_text(markdown)
-    _plot_curves(curves, args.out / "compare.png", f"target {np.round(target, 3).tolist()}, {args.seeds} seeds")
+    _plot_curves(curves, args.out / "compare.png", f"target {settings['target']}, {args.seeds} seeds")
     print(markdown)
     return 0
 
