@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +161,9 @@ def test_the_command_on_a_tiny_in_process_run(tmp_path, capsys):
     bad_target = [*common[:3], "--target", "0.7,0.3", "--out", str(tmp_path / "bad")]  # binary, continuous run
     assert main(bad_target) == 2
     assert "7 bin weights" in capsys.readouterr().err
+
+
+def test_the_evolution_core_does_not_import_flwr():
+    code = ("import sys, hydiscgan_fl.evolution.augment, hydiscgan_fl.evolution.study; "
+            "assert 'flwr' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(Path(__file__).resolve().parents[1]))
