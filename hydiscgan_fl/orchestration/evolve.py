@@ -7,8 +7,9 @@
 
 RUN is a finished run directory (its checkpoint.pt: the validation-selected round's G and M). The target
 is (p_negative, p_positive) for binary labels; for continuous labels 7 weights of the Acc-7 bins -3..3 or
-one score; or, relative, shift:DELTA: per text, M's output at z = 0 moved by DELTA (logit or score units). Genes are z in [-bound, bound]^noise-dim; every search gets population x (generations + 1)
-fitness evaluations per text.
+one score; or, relative, shift:DELTA: per text, M's output at z = 0 moved by DELTA (logit or score
+units). Genes are z in [-bound, bound]^noise-dim; every search gets population x (generations + 1) fitness
+evaluations per text.
 
 One search writes DIR/evolve_log.csv (per text and generation: evaluations, best and mean fitness of the
 elite set, its diversity), DIR/fitness.png, DIR/elites.csv (per text: best fitness, M's distribution,
@@ -127,9 +128,9 @@ def _run(args: argparse.Namespace) -> int:
     discriminators, d_source = client_discriminators(finished)
     realism = RealismJudge(real_reference(finished, args.split), discriminators)
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = {"run_dir": str(finished.run_dir), "target": args.target if shift is not None else target.tolist(), "label_kind": finished.label_kind,
-                "split": args.split, "texts": len(rows), "population": space.population,
-                "generations": space.generations, "budget_per_text": space.budget, "bounds": list(space.bounds),
+    settings = {"run_dir": str(finished.run_dir), "target": args.target if shift is not None else target.tolist(),
+                "label_kind": finished.label_kind, "split": args.split, "texts": len(rows),
+                "population": space.population, "generations": space.generations, "budget_per_text": space.budget, "bounds": list(space.bounds),
                 "discriminators": d_source, "nearest_real_reference": f"real {args.split} audio/visual"}
     print(f"evolve: {len(rows)} {args.split} texts of {finished.run_dir.name}, target {settings['target']}, "
           f"{space.budget} evaluations per text; D: {d_source}")
@@ -179,13 +180,15 @@ def _compare(args, finished, judge, target, space, realism, settings, started) -
     second_seed = finished.cfg.seed + 1 if args.second_m_seed is None else args.second_m_seed
     second = train_msa_on_fakes(finished, second_seed)
     second_msa, second_valid = second.msa, {**second.valid, "selected_epoch": second.selected_epoch}
-    print(f"second M (seed {second_seed}): validation {json.dumps({k: round(v, 4) for k, v in second_valid.items()})}")
+    rounded = {key: round(value, 4) for key, value in second_valid.items()}
+    print(f"second M (seed {second_seed}): validation {json.dumps(rounded)}")
     rows, curves = compare_searches(judge, target, space, range(args.seeds), realism, second_msa)
     _write_csv(args.out / "compare.csv", rows)
     reference = no_search_reference(judge, target, realism, second_msa, space.dim)
     table = summarise(rows)
     markdown = _markdown(table, reference, {**settings, "seeds": args.seeds, "second_m_seed": second_seed,
-                                            "second_m_valid": second_valid, "wall_s": round(time.time() - started, 1)})
+                                            "second_m_valid": second_valid,
+                                            "wall_s": round(time.time() - started, 1)})
     (args.out / "compare.md").write_text(markdown)
     _plot_curves(curves, args.out / "compare.png", f"target {settings['target']}, {args.seeds} seeds")
     print(markdown)
