@@ -23,6 +23,8 @@ _PARTITION_RE = re.compile(r"^(speaker|iid|dirichlet:(\d+(\.\d*)?|\.\d+)([eE][-+
 # federates M(t, a, v) with FedAvg and needs real audio/visual at test time (no alignment stage).
 METHODS = ("hydiscgan", "fedavg-multimodal")
 LOCAL_RULE = "local"
+# Stage 2 on the server (msa-site "server"): M and G trained on the server's own text and labels.
+SERVER_STAGE = "server-msa"
 _RULE_RE = re.compile(r"^([a-z][a-z0-9-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
 
 
@@ -115,6 +117,11 @@ class HyDiscGANConfig(BaseModel):
     # then assign whole videos to clients.
     msa_model: str = "mlp"
     generator_model: str = "mlp"
+    # Client cost [msa-site, transport-dtype]: "server" runs stage 2 on the server's own text and labels
+    # (stage "server-msa", no client work; clients only align); "float16" sends G and M in half precision
+    # both ways (cast back to float32 before aggregation and training).
+    msa_site: Literal["clients", "server"] = "clients"
+    transport_dtype: Literal["float32", "float16"] = "float32"
 
     @field_validator("dataset")
     @classmethod
@@ -180,6 +187,12 @@ class HyDiscGANConfig(BaseModel):
         if self.dp_unit == "utterance" and self.method == "fedavg-multimodal":
             raise ValueError("dp-unit 'utterance' runs HyDiscGAN's alignment steps under DP-SGD; the "
                              "fedavg-multimodal baseline has none (use dp-unit 'speaker')")
+        if self.msa_site == "server" and self.method == "fedavg-multimodal":
+            raise ValueError("msa-site 'server' moves HyDiscGAN's stage 2 to the server; the fedavg-multimodal "
+                             "baseline trains M on the clients' real audio/visual (use msa-site 'clients')")
+        if self.msa_site == "server" and self.local_components:
+            raise ValueError("msa-site 'server' trains G and M on the server; a personalised component "
+                             f"({', '.join(self.local_components)}) would never be trained by it")
         return self
 
     @property
@@ -194,7 +207,7 @@ class HyDiscGANConfig(BaseModel):
                      if rule == LOCAL_RULE)
 
     def stage_of_round(self, server_round: int) -> str:
-        return stage_of_round(server_round, self.rounds_align, self.method)
+        return stage_of_round(server_round, self.rounds_align, self.method, self.msa_site)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> HyDiscGANConfig:
@@ -231,13 +244,16 @@ class HyDiscGANConfig(BaseModel):
         return Path(self.output_dir) if self.output_dir else project_root() / "runs"
 
 
-def stage_of_round(server_round: int, rounds_align: int, method: str) -> str:
-    """Rounds 1..rounds-align align the modalities; the rest train the MSA model.
+def stage_of_round(server_round: int, rounds_align: int, method: str, msa_site: str = "clients") -> str:
+    """Rounds 1..rounds-align align the modalities; the rest train the MSA model, on the clients
+    ("msa") or, with msa-site "server", on the server (SERVER_STAGE).
 
     fedavg-multimodal trains M(t, a, v) on real audio/visual in every round (stage "multimodal")."""
     if method == "fedavg-multimodal":
         return "multimodal"
-    return "align" if server_round <= rounds_align else "msa"
+    if server_round <= rounds_align:
+        return "align"
+    return SERVER_STAGE if msa_site == "server" else "msa"
 
 
 def project_root() -> Path:
