@@ -217,8 +217,7 @@ class HyDiscGANStrategy(Strategy):
             valid.sort(key=content_digest)  # canonical order: floating-point sums do not depend on arrival
             weights = capped_weights([int(reply.content["metrics"][WEIGHT_KEY]) for reply in valid],
                                      self.max_examples_ratio)
-            updated = [from_transport(reply.content["arrays"], self._sent) for reply in valid]  # float32 sums
-            self._global = merge_arrays(self._global, self._aggregate(summary, valid, updated, weights))
+            self._global = merge_arrays(self._global, self._aggregate(summary, valid, weights))
             summary.train_metrics = weighted_metrics(valid, weights)
         summary.privacy = dict(self.privacy)
         if self.on_round_end is not None:
@@ -241,19 +240,20 @@ class HyDiscGANStrategy(Strategy):
                 + "; ".join(f"node {c.node_id} {c.status}: {c.detail[-200:]}" for c in summary.failures()))
         return valid
 
-    def _aggregate(self, summary: RoundSummary, valid: list[Message], updated: list[ArrayRecord],
-                   weights: list[int]) -> list[ArrayRecord]:
+    def _aggregate(self, summary: RoundSummary, valid: list[Message], weights: list[int]) -> list[ArrayRecord]:
         """The new arrays of the sent components: DP-FedAvg over all of them as one update under
-        speaker-level DP, else each component by its own rule. Updates the run's privacy figures."""
-        if self.dp is not None:
+        speaker-level DP, else each component by its own rule. Updates the run's privacy figures. Replies
+        are cast back from the transport dtype before any sum."""
+        updated = (from_transport(reply.content["arrays"], self._sent) for reply in valid)
+        if self.dp is not None:  # streaming: one reply at a time into a running sum
             aggregated = [self.dp.aggregate(self._sent, updated, self.sampler.last_rate, num_sampled=summary.sent)]
             self.privacy = self.dp.report()
             return aggregated
         self.privacy = clients_privacy(self.privacy, valid)
+        per_client = list(zip(valid, updated, weights))
         return [self.aggregators[component].aggregate(
-                    summary.server_round,
-                    [(reply, component_arrays(arrays, component), weight)
-                     for reply, arrays, weight in zip(valid, updated, weights)])
+                    summary.server_round, [(reply, component_arrays(arrays, component), weight)
+                                           for reply, arrays, weight in per_client])
                 for component in self.sent_components(summary.stage)]
 
     # -- checkpoint ------------------------------------------------------------------------------

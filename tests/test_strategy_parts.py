@@ -161,3 +161,29 @@ def test_msa_site_server_refuses_the_multimodal_baseline_and_personalised_compon
     with pytest.raises(ConfigError, match="personalised"):
         HyDiscGANConfig.from_run_config({"msa-site": "server", "aggregation-msa": "local"})
     assert HyDiscGANConfig(msa_site="server", rounds_align=2).stage_of_round(3) == SERVER_STAGE
+
+
+def test_streaming_speaker_level_dp_keeps_few_rows_and_matches_the_stacked_computation():
+    from hydiscgan_fl.privacy.ledger import leave_one_out_sum_distances
+    from strategies.dp import SpeakerLevelDP, clip_update
+
+    rng = np.random.default_rng(3)
+    current = record(**{"generator.w": rng.normal(size=(4, 5)), "msa.b": rng.normal(size=5)})
+    replies = [record(**{k: current[k].numpy() + rng.normal(size=current[k].shape) for k in current})
+               for _ in range(20)]
+    dp = SpeakerLevelDP(0.5, 1.0, 1e-5, rng=np.random.RandomState(0))
+    seen = []
+    step = dp.ledger.step
+    dp.ledger.step = lambda **kw: (seen.append(kw["clipped_rows"]), step(**kw))[1]
+    ours = dp.aggregate(current, (r for r in replies), sample_rate=1.0, num_sampled=25)  # a generator suffices
+    assert seen[0].shape == (8, 25)  # WDP_NEIGHBOURS rows, not 20
+    clipped = [np.concatenate([a.ravel() for a in clip_update([r[k].numpy().astype(np.float64) - current[k].numpy()
+                                                               for k in current], 0.5)]) for r in replies]
+    np.testing.assert_allclose(leave_one_out_sum_distances(seen[0]), leave_one_out_sum_distances(np.stack(clipped)))
+    noise = np.random.RandomState(0)
+    total = np.sum(clipped, axis=0)
+    expected = {k: current[k].numpy() + total[i:i + current[k].numpy().size].reshape(current[k].shape) / 25
+                + noise.normal(0.0, 1.0 * 0.5 / 25, size=current[k].shape)
+                for k, i in zip(current, (0, 20))}
+    for key in current:
+        np.testing.assert_allclose(ours[key].numpy(), expected[key], atol=1e-5)
