@@ -126,7 +126,7 @@ class HyDiscGANConfig(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _dataset_form(cls, value: str) -> str:
-        if value in ("mosi-bclstm", "synthetic"):
+        if value in ("mosi-bclstm", "synthetic") or re.fullmatch(r"synthetic:\d+", value):
             return value
         if value.startswith("mmsa:"):
             if not Path(value[5:]).is_absolute():
@@ -136,7 +136,8 @@ class HyDiscGANConfig(BaseModel):
             if not Path(value[11:]).is_absolute():
                 raise ValueError(f"partitions dataset needs an absolute folder holding server.npz, got {value!r}")
             return value
-        raise ValueError(f"unknown dataset {value!r}; use 'mosi-bclstm', 'synthetic', 'mmsa:/abs/path.pkl' "
+        raise ValueError(f"unknown dataset {value!r}; use 'mosi-bclstm', 'synthetic', 'synthetic:<speakers>', "
+                         "'mmsa:/abs/path.pkl' "
                          "or 'partitions:/abs/dir'")
 
     @field_validator("partition")
@@ -231,14 +232,14 @@ class HyDiscGANConfig(BaseModel):
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir) if self.data_dir else project_root() / "data"
 
-    def load_dataset(self, text_only: bool = False) -> MultimodalDataset:
+    def load_dataset(self, text_only: bool = False, cached: bool = True) -> MultimodalDataset:
         """The run's dataset, validation speakers carved out of the training ones (valid-fraction);
         ``text_only``: the server's view, read without touching audio/video (hydiscgan_fl.data).
         data-dir is resolved only for the spec that reads it (mosi-bclstm), so a deployed server
         reading `partitions:<dir>` needs no project checkout."""
         data_dir = self.resolved_data_dir() if self.dataset == "mosi-bclstm" else None
         return load_dataset(self.dataset, data_dir, self.seed, valid_fraction=self.valid_fraction,
-                            text_only=text_only)
+                            text_only=text_only, cached=cached)
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else project_root() / "runs"

@@ -44,3 +44,39 @@ def test_float16_transport_halves_the_bytes_each_client_sends_and_receives(tmp_p
     for kind in ("bytes_up", "bytes_down"):
         for f, h in zip(full, half):  # the arrays halve; the config and metrics records stay as they were
             assert 0.45 < int(h[kind]) / int(f[kind]) < 0.56, (kind, f[kind], h[kind])
+
+
+def test_a_simulated_client_reads_its_partition_once_per_process_and_keeps_no_full_copy(monkeypatch):
+    from clients import local_data
+    from hydiscgan_fl.config import HyDiscGANConfig
+    from hydiscgan_fl.data import load_dataset
+
+    local_data.simulated_partition.cache_clear()
+    load_dataset.cache_clear()
+    loads = []
+    original = HyDiscGANConfig.load_dataset
+    monkeypatch.setattr(HyDiscGANConfig, "load_dataset",
+                        lambda self, **kw: (loads.append(kw), original(self, **kw))[1])
+    cfg = HyDiscGANConfig(dataset="synthetic:40", seed=1)
+    node = {"partition-id": 3, "num-partitions": 5}
+    first = local_data.client_dataset(cfg, node)
+    for _ in range(3):  # later rounds
+        assert local_data.client_dataset(cfg, node) is first
+    assert loads == [{"cached": False}]  # read once, and the full dataset was not kept in the loader's cache
+    full = cfg.load_dataset().split_subset("train")
+    assert set(first.ids.tolist()) < set(full.ids.tolist()) and len(set(first.speakers.tolist())) >= 1
+    other = local_data.client_dataset(cfg, {"partition-id": 4, "num-partitions": 5})
+    assert not set(other.ids.tolist()) & set(first.ids.tolist())
+
+
+def test_synthetic_data_can_have_a_thousand_training_speakers():
+    from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
+
+    train = HyDiscGANConfig(dataset="synthetic:1500").load_dataset(cached=False).split_subset("train")
+    assert len(set(train.speakers.tolist())) >= 1000  # one speaker per client for 1,000 clients
+    try:
+        HyDiscGANConfig.from_run_config({"dataset": "synthetic:x"})
+    except ConfigError as err:
+        assert "synthetic:<speakers>" in str(err)
+    else:
+        raise AssertionError("synthetic:x was accepted")
