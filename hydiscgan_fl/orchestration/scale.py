@@ -31,6 +31,7 @@ import pandas as pd
 
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation, pids_listening_with
+from hydiscgan_fl.orchestration.processes import process_memory, process_tree
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
 
 COLUMNS = ("clients", "speakers", "rounds", "fraction_train", "first_round_s", "s_per_round", "peak_memory_mib",
@@ -90,13 +91,19 @@ def run(args: argparse.Namespace) -> int:
 
 def speakers_for(clients: int, seed: int) -> int:
     """The smallest number of synthetic speakers whose training split (after the test split and the
-    validation speakers) holds at least `clients` speakers: one speaker per client."""
-    speakers = max(4, math.floor(clients / 0.7))
-    while True:
-        train = HyDiscGANConfig(dataset=f"synthetic:{speakers}", seed=seed).load_dataset(text_only=True, cached=False)
-        if len(set(train.split_subset("train").speakers.tolist())) >= clients:
-            return speakers
+    validation speakers) holds at least `clients` speakers (one speaker per client), searched from the
+    expected share of training speakers (0.75 x 0.9)."""
+
+    def enough(speakers: int) -> bool:
+        view = HyDiscGANConfig(dataset=f"synthetic:{speakers}", seed=seed).load_dataset(text_only=True, cached=False)
+        return len(set(view.split_subset("train").speakers.tolist())) >= clients
+
+    speakers = max(clients + 1, math.ceil(clients / 0.675))
+    while not enough(speakers):
         speakers += 1
+    while speakers > clients + 1 and enough(speakers - 1):
+        speakers -= 1
+    return speakers
 
 
 def measure(clients: int, rounds: int, fraction_train: float, seed: int, sample_s: float, timeout_s: float,
@@ -146,44 +153,6 @@ def recorded_rounds(output_dir: Path) -> int:
         return max(0, sum(1 for _ in files[0].open()) - 1) if len(files) == 1 else 0
     except OSError:
         return 0
-
-
-# -- memory of a process tree ----------------------------------------------------------------------
-def process_tree(roots: list[int]) -> set[int]:
-    """`roots` and all their descendants (from /proc/<pid>/stat's parent ids)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])  # the command may hold spaces and parentheses
-            children.setdefault(parent, []).append(int(entry.name))
-    tree, todo = set(), list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in tree:
-            tree.add(pid)
-            todo.extend(children.get(pid, []))
-    return tree
-
-
-def process_memory(pid: int) -> int:
-    """A process's proportional set size in bytes (its resident set size where PSS is unreadable); 0 once gone."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 class TreeMemory:
