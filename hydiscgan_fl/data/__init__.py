@@ -3,7 +3,7 @@
 Dataset specs for :func:`load_dataset`:
 
 - ``"mosi-bclstm"``: CMU-MOSI bc-LSTM features read from ``data_dir / "mosi-bclstm"``;
-- ``"synthetic"``: :func:`make_synthetic` with the given seed (one vector per utterance and modality);
+- ``"synthetic"``: :func:`make_synthetic` with the given seed (80 speakers; ``"synthetic:<n>"``: n speakers);
 - ``"synthetic-seq"``: :func:`make_synthetic_sequences` with the given seed (unaligned sequences with valid
   lengths, a mood drifting through each video, a planted text-step x audio-step interaction);
 - ``"mmsa:<absolute path to .pkl>"``: an MMSA feature pickle (read with a restricted unpickler);
@@ -65,7 +65,7 @@ __all__ = [
 # round, test 0.76), so valid-from "auto" draws their validation speakers from the test speakers instead.
 VALID_FROM_TEST = frozenset({"mosi-bclstm"})
 
-DATASET_SPECS = ("mosi-bclstm", "synthetic", "synthetic-seq", "mmsa:<absolute path to .pkl>",
+DATASET_SPECS = ("mosi-bclstm", "synthetic", "synthetic:<number of speakers>", "synthetic-seq", "mmsa:<absolute path to .pkl>",
                  "partitions:<absolute dir>")
 
 
@@ -82,13 +82,26 @@ def _load_cached(spec: str, data_dir: Path | None, seed: int, valid_fraction: fl
     return with_validation_speakers(dataset, valid_fraction, seed, valid_from)
 
 
+def _synthetic_speakers(spec: str) -> int:
+    """"synthetic" has 80 speakers; "synthetic:<n>" has n (e.g. 1500 for 1,000+ training speakers)."""
+    if spec == "synthetic":
+        return 80
+    count = spec[len("synthetic:"):]
+    if not count.isdigit() or int(count) < 2:
+        raise DataError(f"dataset spec {spec!r}: use 'synthetic:<number of speakers, at least 2>'")
+    return int(count)
+
+
 def _read(spec: str, data_dir: Path | None, seed: int, text_only: bool) -> MultimodalDataset:
     if spec == "mosi-bclstm":
         if data_dir is None:
             raise DataError("dataset 'mosi-bclstm' needs the data directory that holds mosi-bclstm/")
         return load_mosi_bclstm(data_dir / "mosi-bclstm", text_only=text_only)
-    if spec in ("synthetic", "synthetic-seq"):
-        full = make_synthetic(seed=seed) if spec == "synthetic" else make_synthetic_sequences(seed=seed)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        full = make_synthetic(seed=seed, num_speakers=_synthetic_speakers(spec))
+        return ServerView.of(full) if text_only else full
+    if spec == "synthetic-seq":
+        full = make_synthetic_sequences(seed=seed)
         return ServerView.of(full) if text_only else full
     if spec.startswith("mmsa:"):
         pkl = Path(spec[len("mmsa:") :])
@@ -104,16 +117,18 @@ def _read(spec: str, data_dir: Path | None, seed: int, text_only: bool) -> Multi
 
 
 def load_dataset(spec: str, data_dir: Path | str | None, seed: int = 0, *, valid_fraction: float = 0.0,
-                 valid_from: str = "auto", text_only: bool = False) -> MultimodalDataset:
+                 valid_from: str = "auto", text_only: bool = False, cached: bool = True) -> MultimodalDataset:
     """Load a dataset by spec (see the module docstring); repeated loads return the cached object.
 
     ``data_dir`` is only used (and required) by "mosi-bclstm". ``seed`` seeds "synthetic" and the draw of
-    validation speakers. Errors (:class:`DataError`) are not cached.
+    validation speakers. Errors (:class:`DataError`) are not cached. ``cached=False`` loads afresh and keeps
+    nothing (a simulated client takes its partition and lets the rest go).
     """
     if not isinstance(spec, str):
         raise DataError(f"dataset spec must be a string, got {type(spec).__name__}")
     directory = None if data_dir is None or str(data_dir) == "" else Path(data_dir).expanduser().resolve()
-    return _load_cached(spec.strip(), directory, int(seed), float(valid_fraction), str(valid_from), bool(text_only))
+    load = _load_cached if cached else _load_cached.__wrapped__
+    return load(spec.strip(), directory, int(seed), float(valid_fraction), str(valid_from), bool(text_only))
 
 
 load_dataset.cache_clear = _load_cached.cache_clear  # type: ignore[attr-defined]
