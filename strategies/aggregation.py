@@ -14,7 +14,6 @@ component, or "local" for a personalised component. `rule_state`/`load_rule_stat
 from __future__ import annotations
 
 import copy
-import importlib
 from collections.abc import Callable, Iterable
 from logging import WARNING
 from typing import Any
@@ -37,6 +36,7 @@ from flwr.serverapp.strategy import (
 )
 
 from hydiscgan_fl.config import LOCAL_RULE, HyDiscGANConfig
+from hydiscgan_fl.plugins import is_import_path, load_import_path
 from hydiscgan_fl.privacy.reply_metrics import WEIGHT_KEY
 
 SHARED_COMPONENTS = ("generator", "msa")
@@ -64,12 +64,8 @@ _DEFAULTS = HyDiscGANConfig()
 def make_rule(name: str, *, proximal_mu: float = _DEFAULTS.proximal_mu, trimmed_beta: float = _DEFAULTS.trimmed_beta,
               krum_malicious: int = _DEFAULTS.krum_malicious) -> Strategy:
     """A rule by name (see RULE_NAMES) or a user's Strategy class as 'package.module:ClassName'."""
-    if ":" in name:
-        module_name, _, class_name = name.partition(":")
-        try:
-            rule_cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"aggregation rule {name!r} cannot be imported: {err}") from None
+    if is_import_path(name):
+        rule_cls = load_import_path(name, "aggregation rule")
         try:
             rule = rule_cls()
         except TypeError as err:

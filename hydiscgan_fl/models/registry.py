@@ -17,7 +17,6 @@ a user's entry as ``package.module:NAME`` (like aggregation rules), NAME being a
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -30,6 +29,7 @@ from hydiscgan_fl.data.sequences import masked_mean
 from hydiscgan_fl.models.components import GENERATOR, MSA
 from hydiscgan_fl.models.context import ContextGRUMSA, ContextGRUTextOnly
 from hydiscgan_fl.models.networks import ClientDiscriminators, ConditionalGenerator, MSAModel, TextOnlyModel
+from hydiscgan_fl.plugins import is_import_path, load_import_path
 
 Dims = dict[str, int]
 
@@ -58,12 +58,8 @@ class Registry(Generic[Entry]):
         self.key, self.entry_type, self.entries = key, entry_type, dict(entries)
 
     def get(self, name: str) -> Entry:
-        if ":" in name:
-            module_name, _, attribute = name.partition(":")
-            try:
-                entry = getattr(importlib.import_module(module_name), attribute)
-            except (ImportError, AttributeError) as err:
-                raise ValueError(f"{self.key} {name!r} cannot be imported: {err}") from None
+        if is_import_path(name):
+            entry = load_import_path(name, self.key)
             if not isinstance(entry, self.entry_type):
                 raise ValueError(f"{self.key} {name!r} is a {type(entry).__name__}, not a "
                                  f"{self.entry_type.__module__}.{self.entry_type.__name__}")
