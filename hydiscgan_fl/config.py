@@ -115,6 +115,11 @@ class HyDiscGANConfig(BaseModel):
     # then assign whole videos to clients.
     msa_model: str = "mlp"
     generator_model: str = "mlp"
+    # Simulated misalignment [misalign-rate, misalign-shift] (hydiscgan_fl.data.misalign): per sequence of
+    # audio/visual steps (per utterance; per video of utterance vectors), drop each step with this
+    # probability and roll the rest by up to this many steps, seeded by `seed`, at train and test time.
+    misalign_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    misalign_shift: int = Field(0, ge=0)
 
     @field_validator("dataset")
     @classmethod

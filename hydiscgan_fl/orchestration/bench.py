@@ -44,12 +44,12 @@ from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
 from hydiscgan_fl.data.sequences import masked_mean
 from hydiscgan_fl.metrics import HIGHER_IS_BETTER, mean_interval, paired_difference
-from hydiscgan_fl.models import MSA_MODELS, build_shared_models, parameter_counts, pooling
+from hydiscgan_fl.models import MSA_MODELS, build_shared_models, parameter_counts
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
 from hydiscgan_fl.orchestration.schedule import SCHEDULE_KEYS, add_schedule_arguments, schedule_overrides
 from hydiscgan_fl.privacy.attacks import speaker_attack
-from hydiscgan_fl.training import UtteranceTensors, pick_device, to_tensors
+from hydiscgan_fl.training import UtteranceTensors, pick_device, tensor_view, to_tensors
 from hydiscgan_fl.training.central import generated_features, real_features, run_central
 
 # Most privacy-preserving first; the federated ones are the run-config `method` of the same name.
@@ -268,7 +268,7 @@ def run_group(out: Path, method: str, model: str, seed: int) -> Path:
 
 def _train_tensors(cfg: HyDiscGANConfig) -> UtteranceTensors:
     dataset = cfg.load_dataset()
-    return to_tensors(dataset.split_subset("train"), pick_device(), pooling(cfg))
+    return to_tensors(dataset.split_subset("train"), pick_device(), tensor_view(cfg))
 
 
 def _attack(features: np.ndarray, cfg: HyDiscGANConfig) -> dict[str, float]:
