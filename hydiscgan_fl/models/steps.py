@@ -90,11 +90,13 @@ def masked_mean(steps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _as_sequence(value: Input, name: str) -> Sequence:
     if isinstance(value, StepTensors):
-        steps, lengths = value.values, value.lengths.clamp_min(1)  # a row of length 0: one zero step
-        mask = torch.arange(steps.shape[1], device=steps.device)[None, :] < lengths[:, None].to(steps.device)
+        steps, lengths = value.values, value.lengths.to(value.values.device)
         if steps.shape[1] == 0:
-            steps, mask = steps.new_zeros(steps.shape[0], 1, steps.shape[2]), mask.new_ones(steps.shape[0], 1)
-        return Sequence(steps * mask.unsqueeze(-1).to(steps.dtype), mask)
+            steps = steps.new_zeros(steps.shape[0], 1, steps.shape[2])
+        positions = torch.arange(steps.shape[1], device=steps.device)[None, :]
+        valid = positions < lengths[:, None]
+        # a row of length 0 is one zero step (attention needs a valid key; its padding is zeroed first)
+        return Sequence(steps * valid.unsqueeze(-1).to(steps.dtype), positions < lengths.clamp_min(1)[:, None])
     if value.dim() != 2:
         raise ValueError(f"{name}: expected (N, D) vectors or StepTensors, got shape {tuple(value.shape)}")
     return Sequence(value.unsqueeze(1), torch.ones(value.shape[0], 1, dtype=torch.bool, device=value.device))

@@ -92,7 +92,7 @@ def modality_tensors(dataset: MultimodalDataset, name: str, device: torch.device
     vectors = _as_tensor(values if lengths is None else view.pool(values, lengths), device)
     if not view.keep_steps or lengths is None:
         return vectors, None
-    return vectors, StepTensors(_as_tensor(values, device), torch.as_tensor(lengths, dtype=torch.long, device=device))
+    return vectors, StepTensors(_as_tensor(values, device), torch.tensor(np.asarray(lengths), dtype=torch.long, device=device))
 
 
 def to_tensors(dataset: MultimodalDataset, device: torch.device, view: TensorView = TensorView()) -> UtteranceTensors:
