@@ -56,6 +56,7 @@ from hydiscgan_fl.training.central import generated_features, real_features, run
 METHODS = ("text-only", "hydiscgan", "hydiscgan-central", "fedavg-multimodal", "central-multimodal")
 FEDERATED_METHODS = ("hydiscgan", "fedavg-multimodal")
 METRIC_COLUMNS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr", "acc2", "f1")
+MISALIGN_KEYS = ("misalign-rate", "misalign-shift")  # simulated misalignment (hydiscgan_fl.data.misalign)
 COST_COLUMNS = ("client_bytes_up_per_round", "client_bytes_down_per_round", "client_train_s_per_round")
 COLUMNS = ("dataset", "method", "model", "seed", *METRIC_COLUMNS, "selected_step", "speaker_attack_acc",
            "speaker_attack_chance", *COST_COLUMNS, "wall_s")
@@ -86,6 +87,10 @@ def register(subparsers) -> None:
     parser.add_argument("--num-clients", type=int, default=8,
                         help="simulated SuperNodes of the federated methods (default: %(default)s)")
     add_schedule_arguments(parser)
+    parser.add_argument("--misalign-rate", type=float, default=0.0,
+                        help="run-config misalign-rate: share of audio/visual steps dropped (default: %(default)s)")
+    parser.add_argument("--misalign-shift", type=int, default=0,
+                        help="run-config misalign-shift: largest roll of audio/visual steps (default: %(default)s)")
     parser.set_defaults(handler=run)
 
 
@@ -120,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--seeds and --num-clients must be >= 1")
         out.mkdir(parents=True, exist_ok=True)
         _check_settings(out, {"dataset": base.dataset, "num-clients": args.num_clients,
-                              **{key: base.to_run_config()[key] for key in SCHEDULE_KEYS}})
+                              **{key: base.to_run_config()[key] for key in SCHEDULE_KEYS},
+                              # only when set, so that folders written before these keys existed still resume
+                              **{key: base.to_run_config()[key] for key in MISALIGN_KEYS if base.to_run_config()[key]}})
         _check_columns(out / "summary.csv")
     except (ConfigError, DataError, OSError) as err:
         print(f"hydiscgan bench: error: {err}", file=sys.stderr)
@@ -176,7 +183,8 @@ def _base_config(args: argparse.Namespace) -> HyDiscGANConfig:
     if dataset.startswith("mmsa:"):
         dataset = "mmsa:" + str(Path(dataset[5:]).expanduser().resolve())
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else ""
-    return HyDiscGANConfig.from_run_config({"dataset": dataset, "data-dir": data_dir, **schedule_overrides(args)})
+    return HyDiscGANConfig.from_run_config({"dataset": dataset, "data-dir": data_dir, **schedule_overrides(args),
+                                            "misalign-rate": args.misalign_rate, "misalign-shift": args.misalign_shift})
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
@@ -245,7 +253,7 @@ class RoundProgress:
 def federated_row(federation: LocalFederation, method: str, cfg: HyDiscGANConfig, num_clients: int, out: Path,
                   label: str) -> dict[str, Any]:
     run_config = {key: value for key, value in cfg.to_run_config().items() if key in
-                  ("dataset", "data-dir", "seed", "msa-model", *SCHEDULE_KEYS)}
+                  ("dataset", "data-dir", "seed", "msa-model", *SCHEDULE_KEYS, *MISALIGN_KEYS)}
     run_config.update({"method": method, "output-dir": str(run_group(out, method, cfg.msa_model, cfg.seed))})
     outcome = federation.run(run_config, num_clients, progress=RoundProgress(label))
     summary = json.loads((outcome.run_dir / "summary.json").read_text())
