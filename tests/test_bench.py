@@ -192,3 +192,18 @@ def test_unknown_models_are_refused(models):
 def test_unknown_methods_are_refused(methods):
     with pytest.raises(SystemExit):
         cli.main(["bench", "--methods", methods])
+
+
+def test_misalignment_reaches_every_run_and_one_folder_holds_one_setting(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "misaligned"
+    seen, run_central = [], bench.run_central
+
+    def recording(method, cfg, progress=None):
+        seen.append((cfg.misalign_rate, cfg.misalign_shift))
+        return run_central(method, cfg, progress)
+
+    monkeypatch.setattr(bench, "run_central", recording)
+    argv = ["bench", "--dataset", "synthetic", "--methods", "text-only", "--seeds", "1", "--out", str(out), *TINY]
+    assert cli.main([*argv, "--misalign-rate", "0.2", "--misalign-shift", "2"]) == 0
+    assert seen == [(0.2, 2)]
+    assert cli.main([*argv, "--misalign-rate", "0.3"]) == 2  # another setting needs another folder
