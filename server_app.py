@@ -1,15 +1,44 @@
 """Flower ServerApp of HyDiscGAN (entry point named in pyproject.toml)."""
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from logging import INFO
+
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.server_run import ServerRun
 from strategies import HyDiscGANStrategy
+from strategies.hydiscgan import RoundEndHook, ServerStage
 from strategies.aggregation import component_rules
+from strategies.bookkeeping import RoundSummary
 from strategies.dp import speaker_level_dp
 
 app = ServerApp()
+
+
+def round_recorder(server: ServerRun) -> RoundEndHook:
+    """After every round: evaluate on validation and test and write the round's rows (metrics.csv,
+    clients.csv), then save the server's state (state.pt) for resume."""
+
+    def record(summary: RoundSummary, arrays: ArrayRecord, strategy_state: dict) -> None:
+        state = arrays.to_torch_state_dict()
+        metrics = server.record_round(summary.as_row(), summary.clients, state, summary.started_at)
+        log(INFO, "round %d (%s) recorded: %s;", summary.server_round, summary.stage,
+            ", ".join(f"{key}={value:.4f}" for key, value in metrics.items()))  # test metrics, then valid_*
+        server.save_state(summary.server_round, state, strategy_state)
+
+    return record
+
+
+def server_msa_stage(server: ServerRun) -> ServerStage:
+    """msa-site "server": stage 2 rounds train on the server's own text and labels (ServerRun.train_msa)."""
+
+    def train(server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, dict[str, float]]:
+        state, losses = server.train_msa(arrays.to_torch_state_dict(), server_round)
+        return ArrayRecord(state), losses
+
+    return train
 
 
 @app.main()
@@ -29,25 +58,19 @@ def main(grid: Grid, context: Context) -> None:
         dp=speaker_level_dp(cfg),
         dp_unit=cfg.dp_unit,
         max_examples_ratio=cfg.max_examples_ratio,
+        msa_site=cfg.msa_site,
+        server_stage=server_msa_stage(server) if cfg.msa_site == "server" else None,
+        transport_dtype=cfg.transport_dtype,
+        on_round_end=round_recorder(server),
     )
     if server.resumed:
         strategy.load_state_dict(server.resumed["strategy"])
-
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0:
-            return None
-        summary, state = strategy.rounds[-1], arrays.to_torch_state_dict()
-        metrics = server.record_round(summary.as_row(), summary.clients, state, summary.started_at)
-        server.save_state(summary.server_round, state, strategy.state_dict())
-        return MetricRecord({key: float(value) for key, value in metrics.items()})
-
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(server.initial_state()),
         num_rounds=server.last_round - strategy.round_offset,
         timeout=cfg.round_timeout_s,
         train_config=ConfigRecord(),
-        evaluate_fn=evaluate,
     )
     if server.last_round < cfg.total_rounds:
         print(f"stopped after round {server.last_round} (stop-after-round); continue it with "

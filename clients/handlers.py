@@ -138,6 +138,8 @@ def train(msg: Message, context: Context) -> Message:
     if is_byzantine(cfg, context):
         reply = poison(reply, received, cfg.byzantine_mode, seed)
         num_examples = claimed_examples(cfg.byzantine_mode, num_examples)
+    # transport-dtype float16: the server sent half precision, the update goes back in half precision too
+    reply = {key: value.half() if received[key].dtype == torch.float16 else value for key, value in reply.items()}
     metrics = {f"loss-{key.removeprefix('loss_').replace('_', '-')}": float(v) for key, v in losses.items()}
     metrics.update({key.replace("_", "-"): value for key, value in privacy.items()})  # PRIVACY_METRIC_KEYS
     metrics.update({WEIGHT_KEY: num_examples, TIMING_KEY: time.perf_counter() - started})

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 from flwr.app import Context
 
@@ -11,23 +15,60 @@ from hydiscgan_fl.models import needs_context
 
 
 def client_dataset(cfg: HyDiscGANConfig, node_config: dict) -> MultimodalDataset:
-    """This client's private training utterances.
+    """This client's private training utterances, read once per process (not every round).
 
     Deployment: node-config `data-path` names this node's partition file. Simulation: the training
     split of `dataset` is partitioned with `partition` and this node takes `partition-id` (whole videos
     when the MSA model needs context).
     """
     if "data-path" in node_config:
-        dataset = load_partition(node_config["data-path"])
+        path = Path(str(node_config["data-path"]))
+        stat = path.stat() if path.exists() else None  # a replaced file is read again
+        dataset = _partition_file(str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
     else:
-        full = cfg.load_dataset().split_subset("train")
-        pid, parts = int(node_config["partition-id"]), int(node_config["num-partitions"])
-        videos = full.videos if needs_context(cfg) else None  # a context model needs whole videos per client
-        dataset = full.subset(partition_indices(full.labels, full.speakers, parts, cfg.partition, cfg.seed,
-                                                videos=videos)[pid])
+        dataset = simulated_partition(PartitionKey.of(cfg, int(node_config["partition-id"]),
+                                                      int(node_config["num-partitions"])))
     if len(dataset) < 2:
         raise DataError(f"client {node_config} holds {len(dataset)} utterance(s); it needs at least 2 to train")
     return dataset
+
+
+@dataclass(frozen=True)
+class PartitionKey:
+    """Everything that decides which utterances a simulated client holds."""
+
+    dataset: str
+    data_dir: str
+    seed: int
+    valid_fraction: float
+    partition: str
+    whole_videos: bool
+    partition_id: int
+    num_partitions: int
+
+    @classmethod
+    def of(cls, cfg: HyDiscGANConfig, partition_id: int, num_partitions: int) -> PartitionKey:
+        return cls(cfg.dataset, cfg.data_dir, cfg.seed, cfg.valid_fraction, cfg.partition, needs_context(cfg),
+                   partition_id, num_partitions)
+
+
+@functools.lru_cache(maxsize=None)
+def simulated_partition(key: PartitionKey) -> MultimodalDataset:
+    """One simulated client's partition, kept for the life of this process (a Ray worker serves a client
+    in many rounds). The dataset is loaded uncached and dropped once the partition is copied out, so the
+    process keeps the partitions of the clients it served, not a full copy."""
+    cfg = HyDiscGANConfig(dataset=key.dataset, data_dir=key.data_dir, seed=key.seed,
+                          valid_fraction=key.valid_fraction, partition=key.partition)
+    full = cfg.load_dataset(cached=False).split_subset("train")
+    videos = full.videos if key.whole_videos else None  # a context model needs whole videos per client
+    rows = partition_indices(full.labels, full.speakers, key.num_partitions, key.partition, key.seed,
+                             videos=videos)[key.partition_id]
+    return full.subset(rows)
+
+
+@functools.lru_cache(maxsize=4)
+def _partition_file(path: str, mtime_ns: int, size: int) -> MultimodalDataset:  # noqa: ARG001 - cache key
+    return load_partition(path)
 
 
 def client_seed_key(context: Context) -> int:

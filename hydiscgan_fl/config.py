@@ -23,6 +23,8 @@ _PARTITION_RE = re.compile(r"^(speaker|iid|dirichlet:(\d+(\.\d*)?|\.\d+)([eE][-+
 # federates M(t, a, v) with FedAvg and needs real audio/visual at test time (no alignment stage).
 METHODS = ("hydiscgan", "fedavg-multimodal")
 LOCAL_RULE = "local"
+# Stage 2 on the server (msa-site "server"): M and G trained on the server's own text and labels.
+SERVER_STAGE = "server-msa"
 _RULE_RE = re.compile(r"^([a-z][a-z0-9-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
 
 
@@ -106,10 +108,13 @@ class HyDiscGANConfig(BaseModel):
     # Weight cap [max-examples-ratio] (docs/aggregation.md): in example-weighted rules a client counts
     # for at most this multiple of the round's median claimed num-examples (clients' claims are unverified).
     max_examples_ratio: float = Field(3.0, ge=1.0)
-    # Model selection [valid-fraction]: this fraction of the training speakers (seeded by `seed`) are
-    # validation speakers, on no client; the reported round is the best on them (data with its own
-    # "valid" split, MMSA's, keeps it).
+    # Model selection [valid-fraction, valid-from]: round(valid-fraction x training speakers) speakers of the
+    # split valid-from (seeded by `seed`) are validation speakers, on no client; the reported round is the
+    # best on them. "auto": the test speakers for mosi-bclstm (its training features are fitted to the
+    # training labels, hydiscgan_fl.data.VALID_FROM_TEST), the training speakers otherwise. Data with its own
+    # "valid" split (MMSA's) keeps it.
     valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    valid_from: Literal["auto", "train", "test"] = "auto"
     # Models (hydiscgan_fl.models.registry) [msa-model, generator-model]: a registry name, or a user's entry as
     # 'package.module:NAME'. "context-gru" reads whole videos: batches of videos; iid/dirichlet partitions
     # then assign whole videos to clients.
@@ -120,11 +125,16 @@ class HyDiscGANConfig(BaseModel):
     # probability and roll the rest by up to this many steps, seeded by `seed`, at train and test time.
     misalign_rate: float = Field(0.0, ge=0.0, lt=1.0)
     misalign_shift: int = Field(0, ge=0)
+    # Client cost [msa-site, transport-dtype]: "server" runs stage 2 on the server's own text and labels
+    # (stage "server-msa", no client work; clients only align); "float16" sends G and M in half precision
+    # both ways (cast back to float32 before aggregation and training).
+    msa_site: Literal["clients", "server"] = "clients"
+    transport_dtype: Literal["float32", "float16"] = "float32"
 
     @field_validator("dataset")
     @classmethod
     def _dataset_form(cls, value: str) -> str:
-        if value in ("mosi-bclstm", "synthetic", "synthetic-seq"):
+        if value in ("mosi-bclstm", "synthetic", "synthetic-seq") or re.fullmatch(r"synthetic:\d+", value):
             return value
         if value.startswith("mmsa:"):
             if not Path(value[5:]).is_absolute():
@@ -134,7 +144,7 @@ class HyDiscGANConfig(BaseModel):
             if not Path(value[11:]).is_absolute():
                 raise ValueError(f"partitions dataset needs an absolute folder holding server.npz, got {value!r}")
             return value
-        raise ValueError(f"unknown dataset {value!r}; use 'mosi-bclstm', 'synthetic', 'synthetic-seq', "
+        raise ValueError(f"unknown dataset {value!r}; use 'mosi-bclstm', 'synthetic', 'synthetic:<speakers>', 'synthetic-seq', "
                          "'mmsa:/abs/path.pkl' "
                          "or 'partitions:/abs/dir'")
 
@@ -186,6 +196,12 @@ class HyDiscGANConfig(BaseModel):
         if self.dp_unit == "utterance" and self.method == "fedavg-multimodal":
             raise ValueError("dp-unit 'utterance' runs HyDiscGAN's alignment steps under DP-SGD; the "
                              "fedavg-multimodal baseline has none (use dp-unit 'speaker')")
+        if self.msa_site == "server" and self.method == "fedavg-multimodal":
+            raise ValueError("msa-site 'server' moves HyDiscGAN's stage 2 to the server; the fedavg-multimodal "
+                             "baseline trains M on the clients' real audio/visual (use msa-site 'clients')")
+        if self.msa_site == "server" and self.local_components:
+            raise ValueError("msa-site 'server' trains G and M on the server; a personalised component "
+                             f"({', '.join(self.local_components)}) would never be trained by it")
         return self
 
     @property
@@ -200,7 +216,7 @@ class HyDiscGANConfig(BaseModel):
                      if rule == LOCAL_RULE)
 
     def stage_of_round(self, server_round: int) -> str:
-        return stage_of_round(server_round, self.rounds_align, self.method)
+        return stage_of_round(server_round, self.rounds_align, self.method, self.msa_site)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> HyDiscGANConfig:
@@ -224,26 +240,29 @@ class HyDiscGANConfig(BaseModel):
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir) if self.data_dir else project_root() / "data"
 
-    def load_dataset(self, text_only: bool = False) -> MultimodalDataset:
-        """The run's dataset, validation speakers carved out of the training ones (valid-fraction);
+    def load_dataset(self, text_only: bool = False, cached: bool = True) -> MultimodalDataset:
+        """The run's dataset, validation speakers carved out (valid-fraction, valid-from);
         ``text_only``: the server's view, read without touching audio/video (hydiscgan_fl.data).
         data-dir is resolved only for the spec that reads it (mosi-bclstm), so a deployed server
         reading `partitions:<dir>` needs no project checkout."""
         data_dir = self.resolved_data_dir() if self.dataset == "mosi-bclstm" else None
         return load_dataset(self.dataset, data_dir, self.seed, valid_fraction=self.valid_fraction,
-                            text_only=text_only)
+                            valid_from=self.valid_from, text_only=text_only, cached=cached)
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else project_root() / "runs"
 
 
-def stage_of_round(server_round: int, rounds_align: int, method: str) -> str:
-    """Rounds 1..rounds-align align the modalities; the rest train the MSA model.
+def stage_of_round(server_round: int, rounds_align: int, method: str, msa_site: str = "clients") -> str:
+    """Rounds 1..rounds-align align the modalities; the rest train the MSA model, on the clients
+    ("msa") or, with msa-site "server", on the server (SERVER_STAGE).
 
     fedavg-multimodal trains M(t, a, v) on real audio/visual in every round (stage "multimodal")."""
     if method == "fedavg-multimodal":
         return "multimodal"
-    return "align" if server_round <= rounds_align else "msa"
+    if server_round <= rounds_align:
+        return "align"
+    return SERVER_STAGE if msa_site == "server" else "msa"
 
 
 def project_root() -> Path:

@@ -35,6 +35,7 @@ from hydiscgan_fl.models.steps import StepTensors
 from hydiscgan_fl.run_files import RunDirectory, load_state
 from hydiscgan_fl.training import (
     UtteranceTensors,
+    local_msa,
     pick_device,
     predict,
     predict_multimodal,
@@ -183,6 +184,22 @@ class ServerRun:
             shared.msa.load_state_dict({key.removeprefix("msa."): value for key, value in state.items()})
             preds = predict_multimodal(shared.msa, real, self.label_kind, text.layout)
         return summary_metrics(preds, text.labels.cpu().numpy(), self.label_kind)
+
+    def train_msa(self, state: dict[str, torch.Tensor], server_round: int) -> tuple[dict[str, torch.Tensor],
+                                                                                   dict[str, float]]:
+        """msa-site "server": one round of stage 2 on the server's own training text and labels (local-epochs
+        epochs): M trained and G fine-tuned on the sentiment loss, y_hat = M(t, G(t, z)). The server holds
+        no audio/video and no discriminator (those never leave the clients), so there is no frozen-D term
+        (lambda-adv-msa does not apply here). Returns the new G and M and the mean training loss."""
+        shared = build_shared_models(self.dims, self.cfg, self.cfg.seed).to(self.device)
+        shared.load_state_dict(state)
+        no_features = self.train.text.new_zeros((len(self.train.text), 0))  # G makes the fakes; no real a/v
+        steps = {} if self.train.steps is None else {"text": self.train.steps}  # for an M that reads steps
+        data = UtteranceTensors(self.train.text, no_features, no_features, self.train.labels, steps)
+        seed = self.cfg.seed * 1_000_003 + server_round * 7919
+        losses = local_msa(shared, None, data, self.cfg, self.cfg.local_epochs, seed, self.label_kind,
+                           videos=self.train_videos)
+        return shared.state_dict(), {f"loss-{key.removeprefix('loss_')}": value for key, value in losses.items()}
 
     def record_round(self, round_row: dict[str, Any], clients: list[Any], state: dict[str, torch.Tensor],
                      round_started: float) -> dict[str, float]:

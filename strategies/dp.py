@@ -39,33 +39,35 @@ generator. Under DP the clients send no training metrics besides num-examples (t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from hydiscgan_fl.config import HyDiscGANConfig
-from hydiscgan_fl.privacy.ledger import PrivacyLedger
+from hydiscgan_fl.privacy.ledger import WDP_NEIGHBOURS, PrivacyLedger
 from hydiscgan_fl.privacy.secret_rng import secret_numpy_rng
 
 
 def clip_update(update: list[np.ndarray], clip_norm: float) -> list[np.ndarray]:
-    """Scale the arrays of one update, as one vector, to L2 norm <= clip_norm (FlatClip)."""
-    norm = float(np.sqrt(sum(float(np.sum(np.square(a))) for a in update)))
+    """Scale the arrays of one update, as one vector, to L2 norm <= clip_norm (FlatClip); the norm is
+    accumulated in float64 whatever the arrays' dtype."""
+    norm = float(np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in update)))
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     return [a * scale for a in update]
 
 
-def noisy_average(clipped: list[list[np.ndarray]], clip_norm: float, noise_multiplier: float, denominator: int,
-                  rng: np.random.Generator | np.random.RandomState) -> list[np.ndarray]:
-    """(Sum of the clipped updates + N(0, (noise_multiplier * clip_norm)^2) per coordinate) / denominator,
-    the noise drawn array by array in order, as std noise_multiplier * clip_norm / denominator on the
-    average (as Flower draws it)."""
-    if not clipped:
+def noisy_average(clipped_sum: list[np.ndarray], num_summed: int, clip_norm: float, noise_multiplier: float,
+                  denominator: int, rng: np.random.Generator | np.random.RandomState) -> list[np.ndarray]:
+    """(`clipped_sum`, the sum of `num_summed` clipped updates, + N(0, (noise_multiplier * clip_norm)^2) per
+    coordinate) / denominator, the noise drawn array by array in order, as std noise_multiplier * clip_norm /
+    denominator on the average (as Flower draws it)."""
+    if num_summed == 0:
         raise ValueError("no updates to average")
-    if denominator < len(clipped):
-        raise ValueError(f"the fixed denominator {denominator} is smaller than the {len(clipped)} updates summed")
+    if denominator < num_summed:
+        raise ValueError(f"the fixed denominator {denominator} is smaller than the {num_summed} updates summed")
     std = noise_multiplier * clip_norm / denominator
-    return [np.sum([update[i] for update in clipped], axis=0) / denominator
-            + rng.normal(0.0, std, size=clipped[0][i].shape) for i in range(len(clipped[0]))]
+    return [total / denominator + rng.normal(0.0, std, size=total.shape) for total in clipped_sum]
 
 
 class SpeakerLevelDP:
@@ -82,18 +84,29 @@ class SpeakerLevelDP:
         self.ledger = PrivacyLedger(delta)
         self.rng = rng if rng is not None else secret_numpy_rng()
 
-    def aggregate(self, current: ArrayRecord, replies: list[ArrayRecord], sample_rate: float,
+    def aggregate(self, current: ArrayRecord, replies: Iterable[ArrayRecord], sample_rate: float,
                   num_sampled: int) -> ArrayRecord:
         """The new global arrays for the keys of `current` (what was sent), from the valid replies of the
-        `num_sampled` clients sampled this round (the fixed denominator)."""
+        `num_sampled` clients sampled this round (the fixed denominator).
+
+        Streaming: one reply's update at a time is clipped and added to a running float64 sum (the updates
+        themselves in the arrays' dtype, float32), so memory does not grow with the number of clients. The
+        Wasserstein accountant's leave-one-out distances between sums are the distances between the left-out
+        rows themselves, so it keeps only the first WDP_NEIGHBOURS clipped rows (in the canonical order)."""
         keys = list(current.keys())
         base = [current[key].numpy() for key in keys]
-        clipped = [clip_update([reply[key].numpy().astype(np.float64) - b for key, b in zip(keys, base)],
-                               self.clip_norm) for reply in replies]
-        mean = noisy_average(clipped, self.clip_norm, self.noise_multiplier, num_sampled, self.rng)
-        rows = np.stack([np.concatenate([a.ravel() for a in update]) for update in clipped])
+        clipped_sum = [np.zeros(b.shape, dtype=np.float64) for b in base]
+        kept_rows, count = [], 0
+        for reply in replies:
+            clipped = clip_update([reply[key].numpy() - b for key, b in zip(keys, base)], self.clip_norm)
+            for total, update in zip(clipped_sum, clipped):
+                total += update
+            if len(kept_rows) < WDP_NEIGHBOURS:
+                kept_rows.append(np.concatenate([a.ravel() for a in clipped]).astype(np.float64))
+            count += 1
+        mean = noisy_average(clipped_sum, count, self.clip_norm, self.noise_multiplier, num_sampled, self.rng)
         self.ledger.step(noise_multiplier=self.noise_multiplier, sample_rate=sample_rate, clip_norm=self.clip_norm,
-                         clipped_rows=rows)
+                         clipped_rows=np.stack(kept_rows))
         return ArrayRecord({key: Array((b + d).astype(b.dtype)) for key, b, d in zip(keys, base, mean)})
 
     def report(self) -> dict[str, float]:

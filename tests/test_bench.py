@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
@@ -17,11 +18,11 @@ from strategies import HyDiscGANStrategy
 from tests.grids import StaticGrid
 from tests.sanity import above_chance
 
-COLUMNS = ["dataset", "method", "model", "seed", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7",
-           "mae", "corr", "acc2", "f1", "selected_step", "speaker_attack_acc", "speaker_attack_chance",
-           "client_bytes_up_per_round", "client_bytes_down_per_round", "client_train_s_per_round", "wall_s"]
+COLUMNS = ["dataset", "method", "model", "seed", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae",
+           "corr", "acc2", "f1", "selected_step", "speaker_attack_acc", "speaker_attack_chance", "client_bytes_up_per_round",
+           "client_bytes_down_per_round", "client_train_s_per_round", "client_bytes_per_run", "client_train_s_per_run", "wall_s"]
 REGRESSION = ["acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr"]
-COST = ["client_bytes_up_per_round", "client_bytes_down_per_round", "client_train_s_per_round"]
+COST = list(bench.COST_COLUMNS)
 TINY = ["--rounds-align", "1", "--rounds-msa", "1", "--local-epochs", "1"]
 
 
@@ -84,9 +85,9 @@ def test_round_progress_parses_the_server_log(capsys):
     progress = bench.RoundProgress("hydiscgan seed 1")
     for line in ["\x1b[92mINFO \x1b[0m:      [ROUND 7/24]",
                  "INFO :      round 7 (msa): sending generator+msa to 8 node(s)",
-                 "INFO :      \t└──> Aggregated MetricRecord: {'loss-task': 0.5}",
-                 "INFO :      \t└──> MetricRecord: {'acc2': 0.75, 'f1': 0.74}",
-                 "INFO :      \t  13: {'acc2': '7.6330e-01', 'f1': '7.6496e-01'},"]:
+                 "INFO :      round 7 (msa) recorded: acc2=0.7",  # cut short while the log grows
+                 "INFO :      round 7 (msa) recorded: acc2=0.7500, f1=0.7400, valid_acc2=0.6000;",
+                 "INFO :      round 7 (msa) recorded: acc2=0.7500, f1=0.7400, valid_acc2=0.6000;"]:
         progress(line)
     assert capsys.readouterr().out == "[hydiscgan seed 1] round 7/24 (msa) test acc2=0.7500\n"
 
@@ -207,3 +208,24 @@ def test_misalignment_reaches_every_run_and_one_folder_holds_one_setting(tmp_pat
     assert cli.main([*argv, "--misalign-rate", "0.2", "--misalign-shift", "2"]) == 0
     assert seen == [(0.2, 2)]
     assert cli.main([*argv, "--misalign-rate", "0.3"]) == 2  # another setting needs another folder
+
+
+def test_client_cost_sums_each_clients_whole_run_and_compares_it_with_fedavg_multimodal(tmp_path):
+    (tmp_path / "metrics.csv").write_text("round,bytes_up_per_client,bytes_down_per_client,client_train_s_mean\n"
+                                          "1,100,200,1.0\n2,0,0,0\n")
+    (tmp_path / "clients.csv").write_text("server_round,node_id,bytes_up,bytes_down,train_s\n"
+                                          "1,7,100,200,1.0\n1,8,100,200,3.0\n")
+    cost = bench.client_cost(tmp_path)
+    assert cost["client_bytes_up_per_round"] == 50 and cost["client_bytes_per_run"] == 300
+    assert cost["client_train_s_per_run"] == 2.0
+    table = pd.DataFrame({"method": ["hydiscgan-server-msa", "fedavg-multimodal"], "client_bytes_per_run": [300, 1200]})
+    assert "hydiscgan-server-msa 0.25" in "".join(bench.cost_ratio_lines(table, list(table["method"])))
+    assert bench.FEDERATED_VARIANTS["hydiscgan-server-msa"] == {"method": "hydiscgan", "msa-site": "server"}
+
+
+def test_round_progress_reads_the_server_stage(capsys):
+    progress = bench.RoundProgress("hydiscgan-server-msa seed 0")
+    for line in ["INFO :      [ROUND 3/4]", "INFO :      round 3 (server-msa): no client work, the server trains",
+                 "INFO :      round 3 (server-msa) recorded: valid_acc2=0.5000, acc2=0.7000;"]:
+        progress(line)
+    assert capsys.readouterr().out == "[hydiscgan-server-msa seed 0] round 3/4 (server-msa) test acc2=0.7000\n"

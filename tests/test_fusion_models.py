@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from examples.in_process import run_in_process
+from hydiscgan_fl import server_run
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.data import load_dataset
 from hydiscgan_fl.data.misalign import Misalignment
@@ -184,3 +185,16 @@ def test_fedavg_multimodal_with_the_ablations_and_misalignment(tmp_path: Path, n
                           "misalign-rate": 0.2, "misalign-shift": 1, "output-dir": str(tmp_path)}, num_nodes=2)
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert summary["selected_round"] == 1 and np.isfinite(summary["mae"])
+
+
+
+def test_the_server_trains_a_step_reading_m_on_its_text_steps(tmp_path: Path, monkeypatch) -> None:
+    """msa-site "server": stage 2 on the server's text, which lmr-cbt reads as word steps (as at evaluation)."""
+    cfg = HyDiscGANConfig(dataset="synthetic-seq", msa_site="server", msa_model="lmr-cbt", hidden_dim=32,
+                          rounds_align=1, rounds_msa=1, local_epochs=1, output_dir=str(tmp_path))
+    run = server_run.ServerRun(cfg)
+    seen = []
+    monkeypatch.setattr(server_run, "local_msa", lambda shared, private, data, *args, **kwargs: seen.append(
+        data.msa_input("text")) or {})
+    run.train_msa(run.initial_state(), 2)
+    assert isinstance(seen[0], StepTensors) and len(seen[0]) == len(run.train.text)

@@ -103,8 +103,25 @@ def test_validation_speakers_are_a_seeded_tenth_of_the_training_speakers() -> No
     assert set(other.speakers[other.split == "valid"].tolist()) != valid
     # Data with its own validation split (MMSA) keeps it; a fraction that leaves no training speaker is refused.
     assert with_validation_speakers(carved, 0.3, seed=5) is carved
-    with pytest.raises(DataError, match="would leave no training speaker"):
+    with pytest.raises(DataError, match="would leave no train speaker"):
         with_validation_speakers(data, 0.999, seed=0)
+
+
+def test_mosi_validation_speakers_come_from_the_held_out_speakers() -> None:
+    """bc-LSTM's training features are fitted to the training labels, so a validation split carved from the
+    training speakers saturates; for mosi-bclstm valid-from "auto" draws them from the test speakers, as many
+    as 0.1 x the training speakers, and every training speaker still trains."""
+    raw = load_dataset("mosi-bclstm", ROOT / "data", 0)
+    carved = HyDiscGANConfig(seed=3).load_dataset()
+    assert carved.split_subset("train").ids.tolist() == raw.split_subset("train").ids.tolist()
+    valid = set(carved.speakers[carved.split == "valid"].tolist())
+    assert len(valid) == round(0.1 * 62) == 6 and valid < set(raw.speakers[raw.split == "test"].tolist())
+    assert not valid & set(carved.speakers[carved.split == "test"].tolist())
+    assert HyDiscGANConfig(seed=3, valid_from="train").load_dataset().split_subset("train").speakers.size < len(
+        raw.split_subset("train"))  # the usual protocol is still available
+    synthetic = with_validation_speakers(make_synthetic(seed=0), 0.1, seed=0, source="test")
+    assert set(synthetic.speakers[synthetic.split == "valid"].tolist()) <= set(
+        make_synthetic(seed=0).speakers[make_synthetic(seed=0).split == "test"].tolist())
 
 
 def test_validation_speakers_are_on_no_client_in_simulation() -> None:

@@ -275,26 +275,33 @@ class ServerView(MultimodalDataset):
 _VALIDATION_STREAM = 0x7A11D
 
 
-def with_validation_speakers(dataset: MultimodalDataset, fraction: float, seed: int) -> MultimodalDataset:
-    """``dataset`` with about ``fraction`` of its training speakers moved to the split "valid".
+def with_validation_speakers(dataset: MultimodalDataset, fraction: float, seed: int,
+                             source: str = "train") -> MultimodalDataset:
+    """``dataset`` with ``max(1, round(fraction * S))`` speakers of split ``source`` moved to split "valid",
+    S being the number of TRAINING speakers (the validation set's size does not depend on the source).
 
-    A dataset that already has a "valid" split (MMSA's own) is returned unchanged, as is any dataset when
-    ``fraction`` is 0. Otherwise ``max(1, round(fraction * S))`` of the S training speakers (sorted by name,
-    then permuted by a generator seeded with ``(seed, _VALIDATION_STREAM)``) become validation speakers: all
-    their utterances change split, so validation is speaker independent like the test split.
+    ``source`` is "train" (the usual protocol) or "test": for data whose training features were fitted to the
+    training labels by the feature extractor (bundled mosi-bclstm: a validation carved from its training
+    speakers scores Acc-2 0.99 at every round, against 0.76 on test), only held-out speakers can tell rounds
+    apart. A dataset that already has a "valid" split (MMSA's own) is returned unchanged, as is any dataset
+    when ``fraction`` is 0. The speakers of ``source`` (sorted by name) are permuted by a generator seeded
+    with ``(seed, _VALIDATION_STREAM)``; all utterances of a chosen speaker change split, so validation is
+    speaker independent like the test split.
     """
     if not 0.0 <= fraction < 1.0:
         raise DataError(f"valid-fraction must be in [0, 1), got {fraction}")
+    if source not in ("train", "test"):
+        raise DataError(f"validation speakers come from split 'train' or 'test', got {source!r}")
     if fraction == 0.0 or (dataset.split == "valid").any():
         return dataset
-    train = dataset.split == "train"
-    speakers = np.unique(dataset.speakers[train])
-    count = max(1, round(fraction * len(speakers)))
+    pool = dataset.split == source
+    speakers = np.unique(dataset.speakers[pool])
+    count = max(1, round(fraction * len(np.unique(dataset.speakers[dataset.split == "train"]))))
     if count >= len(speakers):
-        raise DataError(f"{_where(dataset.source)}valid-fraction {fraction} would leave no training speaker "
-                        f"({len(speakers)} training speakers)")
+        raise DataError(f"{_where(dataset.source)}valid-fraction {fraction} would leave no {source} speaker "
+                        f"({count} validation speakers drawn from {len(speakers)} {source} speakers)")
     chosen = np.random.default_rng((seed, _VALIDATION_STREAM)).permutation(speakers)[:count]
-    split = np.where(train & np.isin(dataset.speakers, chosen), "valid", dataset.split)
+    split = np.where(pool & np.isin(dataset.speakers, chosen), "valid", dataset.split)
     return dataclasses.replace(dataset, split=split)
 
 

@@ -52,12 +52,20 @@ from hydiscgan_fl.privacy.attacks import speaker_attack
 from hydiscgan_fl.training import UtteranceTensors, pick_device, tensor_view, to_tensors
 from hydiscgan_fl.training.central import generated_features, real_features, run_central
 
-# Most privacy-preserving first; the federated ones are the run-config `method` of the same name.
-METHODS = ("text-only", "hydiscgan", "hydiscgan-central", "fedavg-multimodal", "central-multimodal")
-FEDERATED_METHODS = ("hydiscgan", "fedavg-multimodal")
+# Most privacy-preserving first; the federated ones are the run-config `method` of the same name, or a
+# variant of HyDiscGAN with the run-config keys of FEDERATED_VARIANTS.
+METHODS = ("text-only", "hydiscgan", "hydiscgan-server-msa", "hydiscgan-float16", "hydiscgan-central",
+           "fedavg-multimodal", "central-multimodal")
+FEDERATED_VARIANTS = {"hydiscgan": {"method": "hydiscgan"},
+                      "hydiscgan-server-msa": {"method": "hydiscgan", "msa-site": "server"},
+                      "hydiscgan-float16": {"method": "hydiscgan", "transport-dtype": "float16"},
+                      "fedavg-multimodal": {"method": "fedavg-multimodal"}}
+FEDERATED_METHODS = tuple(FEDERATED_VARIANTS)
 METRIC_COLUMNS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr", "acc2", "f1")
 MISALIGN_KEYS = ("misalign-rate", "misalign-shift")  # simulated misalignment (hydiscgan_fl.data.misalign)
-COST_COLUMNS = ("client_bytes_up_per_round", "client_bytes_down_per_round", "client_train_s_per_round")
+# Per client: mean over rounds, and the whole run (summed over the client's rounds, mean over clients).
+COST_COLUMNS = ("client_bytes_up_per_round", "client_bytes_down_per_round", "client_train_s_per_round",
+                "client_bytes_per_run", "client_train_s_per_run")
 COLUMNS = ("dataset", "method", "model", "seed", *METRIC_COLUMNS, "selected_step", "speaker_attack_acc",
            "speaker_attack_chance", *COST_COLUMNS, "wall_s")
 # Compared with text-only of the same model seed by seed in summary.md (those present in the table).
@@ -228,11 +236,10 @@ class RoundProgress:
     """Turns a federated run's server log into `[method seed s] round r/R (stage) test acc2=x` lines.
 
     The log is re-read while it grows, so a line may come twice or cut short: each round is printed once,
-    from a complete MetricRecord."""
+    from a complete line of the ServerApp's round record (server_app.round_recorder, ending in ';')."""
 
     _ROUND = re.compile(r"\[ROUND (\d+)/(\d+)\]")
-    _STAGE = re.compile(r"round \d+ \((\w+)\): sending")
-    _ACC2 = re.compile(r"MetricRecord: \{.*'acc2': ([-+0-9.eE]+|nan)[,}]")
+    _RECORDED = re.compile(r"round \d+ \(([\w-]+)\) recorded: (?:.*[ ,])?acc2=([-+0-9.eE]+|nan)[,;]")
 
     def __init__(self, label: str):
         self.label = label
@@ -242,11 +249,9 @@ class RoundProgress:
         line = _ANSI.sub("", line)
         if match := self._ROUND.search(line):
             self.round, self.total = int(match[1]), int(match[2])
-        elif match := self._STAGE.search(line):
-            self.stage = match[1]
-        elif self.round > self.printed and (match := self._ACC2.search(line)):
-            self.printed = self.round
-            print(f"[{self.label}] round {self.round}/{self.total} ({self.stage}) test acc2={float(match[1]):.4f}",
+        elif self.round > self.printed and (match := self._RECORDED.search(line)):
+            self.printed, self.stage = self.round, match[1]
+            print(f"[{self.label}] round {self.round}/{self.total} ({self.stage}) test acc2={float(match[2]):.4f}",
                   flush=True)
 
 
@@ -254,11 +259,12 @@ def federated_row(federation: LocalFederation, method: str, cfg: HyDiscGANConfig
                   label: str) -> dict[str, Any]:
     run_config = {key: value for key, value in cfg.to_run_config().items() if key in
                   ("dataset", "data-dir", "seed", "msa-model", *SCHEDULE_KEYS, *MISALIGN_KEYS)}
-    run_config.update({"method": method, "output-dir": str(run_group(out, method, cfg.msa_model, cfg.seed))})
+    run_config.update({**FEDERATED_VARIANTS[method],
+                       "output-dir": str(run_group(out, method, cfg.msa_model, cfg.seed))})
     outcome = federation.run(run_config, num_clients, progress=RoundProgress(label))
     summary = json.loads((outcome.run_dir / "summary.json").read_text())
     train = _train_tensors(cfg)
-    if method == "hydiscgan":  # G of the validation-selected round
+    if FEDERATED_VARIANTS[method]["method"] == "hydiscgan":  # G of the validation-selected round
         checkpoint = torch.load(outcome.run_dir / "checkpoint.pt", weights_only=True)
         shared = build_shared_models(checkpoint["dims"], HyDiscGANConfig.from_run_config(checkpoint["config"]), 0)
         shared.generator.load_state_dict(checkpoint["generator"])
@@ -297,12 +303,19 @@ def raw_feature_attack(cfg: HyDiscGANConfig) -> dict[str, Any]:
 
 
 def client_cost(run_dir: Path) -> dict[str, float]:
-    """Mean over rounds of the per-client bytes up/down and client train seconds in metrics.csv."""
+    """Per client: the mean over rounds of bytes up/down and train seconds (metrics.csv; a round without
+    client work counts as 0), and the whole run's bytes up + down and train seconds, summed over each
+    client's rounds in clients.csv and averaged over clients."""
     rounds = pd.read_csv(run_dir / "metrics.csv")
+    if not (run_dir / "clients.csv").exists():  # msa-site "server" with no alignment round: no client work
+        return {column: 0.0 for column in COST_COLUMNS}
+    per_client = pd.read_csv(run_dir / "clients.csv").groupby("node_id")
     return {
         "client_bytes_up_per_round": float(rounds["bytes_up_per_client"].mean()),
         "client_bytes_down_per_round": float(rounds["bytes_down_per_client"].mean()),
         "client_train_s_per_round": float(rounds["client_train_s_mean"].mean()),
+        "client_bytes_per_run": float((per_client["bytes_up"].sum() + per_client["bytes_down"].sum()).mean()),
+        "client_train_s_per_run": float(per_client["train_s"].sum().mean()),
     }
 
 
@@ -337,8 +350,8 @@ def write_report(out: Path, raw_attack: dict[str, Any], parameters: dict[str, di
         "- test metrics at each run's round or epoch group that is best on the validation speakers "
         "(acc2 for binary labels, mae for continuous ones); validation speakers are carved from the training "
         "speakers (valid-fraction) and are on no client",
-        "- mean ± sample std over seeds [95% Student-t interval of the mean] (n = number of seeds); bytes are "
-        "per client per round",
+        "- mean ± sample std over seeds [95% Student-t interval of the mean] (n = number of seeds); client_*_per_round "
+        "per client and round, client_*_per_run per client over the whole run (bytes up + down)",
         "",
         *parameter_lines(parameters),
         "",
@@ -349,7 +362,7 @@ def write_report(out: Path, raw_attack: dict[str, Any], parameters: dict[str, di
         rows = rows_of(table, method, model)
         cells = [_mean_std(rows[c], c) for c in shown]
         lines.append(f"| {method} | {model} | {len(rows)} | " + " | ".join(cells) + " |")
-    lines += ["", *paired_lines(table, pairs)]
+    lines += ["", *paired_lines(table, pairs), *cost_ratio_lines(table, pairs)]
     lines += ["", *NOTES,
               f"- reference: the same attack on the raw, unstandardised audio‖visual of the training utterances "
               f"reaches {raw_attack['speaker_attack_acc']:.4f} (chance {raw_attack['speaker_attack_chance']:.4f}, "
@@ -401,6 +414,20 @@ def paired_lines(table: pd.DataFrame, pairs: list[tuple[str, str]]) -> list[str]
     return lines
 
 
+def cost_ratio_lines(table: pd.DataFrame, pairs: list[tuple[str, str]]) -> list[str]:
+    """Each HyDiscGAN variant's whole-run client bytes (up + down) as a share of fedavg-multimodal's with the
+    same model."""
+    if not table["client_bytes_per_run"].notna().any():
+        return []
+    mean_bytes = table.groupby(["method", "model"])["client_bytes_per_run"].mean()
+    ratios = [f"{method} ({model}) {mean_bytes[(method, model)] / mean_bytes[('fedavg-multimodal', model)]:.2f}"
+              for method, model in pairs
+              if method.startswith("hydiscgan") and method in FEDERATED_VARIANTS and ("fedavg-multimodal", model) in pairs
+              and pd.notna(mean_bytes.get((method, model)))]
+    return ["", "Client bytes per run (up + down, mean over seeds) relative to fedavg-multimodal of the same model: "
+            + ", ".join(ratios) + "."] if ratios else []
+
+
 def _reading(diff: dict[str, Any], column: str) -> str:
     if not diff["excludes_zero"]:
         return "no difference shown"
@@ -437,7 +464,7 @@ def _mean_std(values: pd.Series, column: str) -> str:
     mean, std = summary["mean"], summary["std"] if summary["n"] > 1 else 0.0
     if column.startswith("client_bytes"):
         return f"{mean / 1e3:.1f} kB ± {std / 1e3:.1f}"
-    if column.endswith("_s") or column.endswith("_s_per_round"):
+    if column.endswith("_s") or "_s_per_" in column:
         return f"{mean:.1f} ± {std:.1f}"
     interval = f" [{summary['low']:.4f}, {summary['high']:.4f}]" if summary["n"] > 1 else ""
     return f"{mean:.4f} ± {std:.4f}{interval}"

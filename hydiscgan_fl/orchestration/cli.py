@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMAND_MODULES: tuple[str, ...] = ("partitions", "bench", "byzantine", "privacy_sweep")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("partitions", "bench", "byzantine", "privacy_sweep", "evolve", "scale")
 
 
 def build_parser() -> argparse.ArgumentParser:

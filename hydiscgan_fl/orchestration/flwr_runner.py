@@ -66,7 +66,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _pids_listening_with(marker: str) -> list[int]:
+def pids_listening_with(marker: str) -> list[int]:
     """PIDs of flower-superlink processes whose command line contains `marker`."""
     pids = []
     for entry in Path("/proc").iterdir():
@@ -84,7 +84,12 @@ def _pids_listening_with(marker: str) -> list[int]:
 class LocalFederation:
     """A managed local SuperLink for simulation runs, isolated from any other Flower use."""
 
-    def __init__(self, app_dir: Path | None = None, flwr_home: Path | None = None, port: int | None = None):
+    def __init__(self, app_dir: Path | None = None, flwr_home: Path | None = None, port: int | None = None,
+                 ray_address: str = ""):
+        """`ray_address`: a running Ray cluster (head's GCS, e.g. "127.0.0.1:6379") for the simulation engine.
+        Without it the simulation starts a Ray instance of its own ("local"), even when a cluster started
+        with `ray start` runs on this machine (which ray.init would otherwise join, through
+        /tmp/ray/ray_current_cluster), unless RAY_ADDRESS is set in the environment."""
         self.app_dir = Path(app_dir) if app_dir else project_root()
         self._tmp = None if flwr_home else tempfile.TemporaryDirectory(prefix="hydiscgan-flwr-")
         self.flwr_home = Path(flwr_home) if flwr_home else Path(self._tmp.name)
@@ -96,6 +101,8 @@ class LocalFederation:
             "FLWR_HOME": str(self.flwr_home),
             "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.port),
             "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+            # Flower's Ray backend calls ray.init() with no address: RAY_ADDRESS decides what it joins.
+            "RAY_ADDRESS": ray_address or os.environ.get("RAY_ADDRESS", "local"),
         }
 
     def __enter__(self) -> LocalFederation:
@@ -161,7 +168,7 @@ class LocalFederation:
 
     def close(self) -> None:
         """Stop the SuperLink this federation started (its SuperExec and Ray exit with it)."""
-        for pid in _pids_listening_with(f"--port {self.port}"):
+        for pid in pids_listening_with(f"--port {self.port}"):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:

@@ -6,8 +6,9 @@
 writes DIR/partition-<i>.npz (client i's TRAIN rows, all modalities: copy it to data machine i only)
 and DIR/server.npz (text and labels of every row, train, valid and test, audio/visual dropped, plus the
 clients' feature widths: the only file the ServerApp needs, read through the dataset spec
-"partitions:<DIR>"). The validation speakers (--valid-fraction of the training speakers, drawn with
---seed; MMSA's own valid split) are on no client: the server selects its reported round on them.
+"partitions:<DIR>"). The validation speakers (--valid-fraction times the training speakers, drawn with
+--seed from the split --valid-from; MMSA's own valid split) are on no client: the server selects its
+reported round on them.
 With --msa-model naming a model that reads context (context-gru), iid and dirichlet assign whole videos,
 as the simulation does for that model: pass the msa-model the run will use.
 """
@@ -39,7 +40,10 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the partitioner and of the validation speakers (default: %(default)s)")
     parser.add_argument("--valid-fraction", type=float, default=HyDiscGANConfig().valid_fraction,
-                        help="fraction of the training speakers held out for validation (default: %(default)s)")
+                        help="validation speakers, as a fraction of the training speakers (default: %(default)s)")
+    parser.add_argument("--valid-from", default=HyDiscGANConfig().valid_from, choices=("auto", "train", "test"),
+                        help="split the validation speakers are drawn from; auto: test for mosi-bclstm, whose "
+                             "training features are fitted to its labels, train otherwise (default: %(default)s)")
     parser.add_argument("--msa-model", default=HyDiscGANConfig().msa_model,
                         help="the run's msa-model; one that reads context (context-gru) gets whole videos per "
                              "client under iid and dirichlet (default: %(default)s)")
@@ -56,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         # The same validation as a run's config (dataset form, partition rule, absolute data-dir).
         cfg = HyDiscGANConfig.from_run_config({"dataset": args.dataset, "partition": args.partition,
                                                "seed": args.seed, "data-dir": args.data_dir,
-                                               "valid-fraction": args.valid_fraction, "msa-model": args.msa_model})
+                                               "valid-fraction": args.valid_fraction, "valid-from": args.valid_from,
+                                               "msa-model": args.msa_model})
         dataset = cfg.load_dataset()
         paths = write_partitions(dataset, args.num_partitions, cfg.partition, cfg.seed, args.out,
                                  whole_videos=needs_context(cfg))
