@@ -218,8 +218,9 @@ def test_client_cost_sums_each_clients_whole_run_and_compares_it_with_fedavg_mul
     cost = bench.client_cost(tmp_path)
     assert cost["client_bytes_up_per_round"] == 50 and cost["client_bytes_per_run"] == 300
     assert cost["client_train_s_per_run"] == 2.0
-    table = pd.DataFrame({"method": ["hydiscgan-server-msa", "fedavg-multimodal"], "client_bytes_per_run": [300, 1200]})
-    assert "hydiscgan-server-msa 0.25" in "".join(bench.cost_ratio_lines(table, list(table["method"])))
+    table = pd.DataFrame({"method": ["hydiscgan-server-msa", "fedavg-multimodal"], "model": ["mlp", "mlp"],
+                          "client_bytes_per_run": [300, 1200]})
+    assert "hydiscgan-server-msa (mlp) 0.25" in "".join(bench.cost_ratio_lines(table, bench.groups(table)))
     assert bench.FEDERATED_VARIANTS["hydiscgan-server-msa"] == {"method": "hydiscgan", "msa-site": "server"}
 
 
