@@ -33,11 +33,10 @@ from hydiscgan_fl.models import (
     build_client_discriminators,
     build_shared_models,
     build_speaker_adversary,
-    pooling,
 )
 from hydiscgan_fl.privacy.ledger import PrivacyLedger
 from hydiscgan_fl.privacy.reply_metrics import TIMING_KEY, WEIGHT_KEY, releasable_metrics
-from hydiscgan_fl.training import local_alignment, local_msa, pick_device, to_tensors, train_multimodal
+from hydiscgan_fl.training import local_alignment, local_msa, pick_device, tensor_view, to_tensors, train_multimodal
 from hydiscgan_fl.training.videos import Videos
 
 PRIVATE_STATE_KEY = "private-models"
@@ -100,7 +99,7 @@ def train(msg: Message, context: Context) -> Message:
         if (key := PERSONAL_STATE_PREFIX + component) in context.state:
             getattr(shared, component).load_state_dict(context.state[key].to_torch_state_dict())
 
-    data = to_tensors(dataset, device, pooling(cfg))
+    data = to_tensors(dataset, device, tensor_view(cfg))
     videos = Videos.of(dataset) if shared.needs_context else None  # M reads whole videos (models.registry)
     seed = cfg.seed * 1_000_003 + server_round * 7919 + client_key
     privacy: dict[str, float] = {}

@@ -120,6 +120,11 @@ class HyDiscGANConfig(BaseModel):
     # then assign whole videos to clients.
     msa_model: str = "mlp"
     generator_model: str = "mlp"
+    # Simulated misalignment [misalign-rate, misalign-shift] (hydiscgan_fl.data.misalign): per sequence of
+    # audio/visual steps (per utterance; per video of utterance vectors), drop each step with this
+    # probability and roll the rest by up to this many steps, seeded by `seed`, at train and test time.
+    misalign_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    misalign_shift: int = Field(0, ge=0)
     # Client cost [msa-site, transport-dtype]: "server" runs stage 2 on the server's own text and labels
     # (stage "server-msa", no client work; clients only align); "float16" sends G and M in half precision
     # both ways (cast back to float32 before aggregation and training).

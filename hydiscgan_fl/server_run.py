@@ -30,8 +30,8 @@ import torch
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
 from hydiscgan_fl.metrics import ValidationSelection, summary_metrics
-from hydiscgan_fl.models import (GENERATOR, MSA, VideoLayout, build_shared_models, needs_context, parameter_counts,
-                                 pooling)
+from hydiscgan_fl.models import GENERATOR, MSA, VideoLayout, build_shared_models, needs_context, parameter_counts
+from hydiscgan_fl.models.steps import StepTensors
 from hydiscgan_fl.run_files import RunDirectory, load_state
 from hydiscgan_fl.training import (
     UtteranceTensors,
@@ -40,10 +40,11 @@ from hydiscgan_fl.training import (
     predict,
     predict_multimodal,
     predict_text_only,
+    tensor_view,
     to_tensors,
     train_text_only,
 )
-from hydiscgan_fl.training.data import utterance_vectors
+from hydiscgan_fl.training.data import modality_tensors
 from hydiscgan_fl.training.videos import Videos, full_layout
 
 
@@ -59,6 +60,11 @@ class TextSplit:
     text: torch.Tensor
     labels: torch.Tensor
     layout: VideoLayout | None = None
+    steps: StepTensors | None = None  # the text's steps, for an M that reads them (registry `reads_steps`)
+
+    @property
+    def msa_text(self) -> torch.Tensor | StepTensors:
+        return self.text if self.steps is None else self.steps
 
 
 class ServerRun:
@@ -140,7 +146,8 @@ class ServerRun:
         part = dataset.split_subset(split)
         as_tensor = lambda a: torch.tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
         layout = full_layout(Videos.of(part) if needs_context(self.cfg) else None, self.device)
-        return TextSplit(as_tensor(utterance_vectors(part, "text", pooling(self.cfg))), as_tensor(part.labels), layout)
+        vectors, steps = modality_tensors(part, "text", self.device, tensor_view(self.cfg))
+        return TextSplit(vectors, as_tensor(part.labels), layout, steps)
 
     def _multimodal_split(self, dataset, split: str) -> UtteranceTensors:
         """Real (per-speaker standardised) audio/visual of a split: for the fedavg-multimodal baseline only."""
@@ -148,7 +155,7 @@ class ServerRun:
         if not (part.dims["audio"] and part.dims["visual"]):
             raise DataError(f"method fedavg-multimodal evaluates on real {split} audio/visual, which dataset "
                             f"{self.cfg.dataset!r} does not hold on the server")
-        return to_tensors(part, self.device, pooling(self.cfg))
+        return to_tensors(part, self.device, tensor_view(self.cfg))
 
     def initial_state(self) -> dict[str, torch.Tensor]:
         """G and M; M alone for fedavg-multimodal (it has no generator); the saved ones when resuming."""
@@ -171,7 +178,7 @@ class ServerRun:
         shared = build_shared_models(self.dims, self.cfg, self.cfg.seed).to(self.device)
         if self.test_multimodal is None:
             shared.load_state_dict(state)
-            preds = predict(shared, text.text, self.label_kind, text.layout)
+            preds = predict(shared, text.text, self.label_kind, text.layout, text.steps)
         else:
             real = {"valid": self.valid_multimodal, "test": self.test_multimodal}[split]
             shared.msa.load_state_dict({key.removeprefix("msa."): value for key, value in state.items()})
@@ -187,7 +194,8 @@ class ServerRun:
         shared = build_shared_models(self.dims, self.cfg, self.cfg.seed).to(self.device)
         shared.load_state_dict(state)
         no_features = self.train.text.new_zeros((len(self.train.text), 0))  # G makes the fakes; no real a/v
-        data = UtteranceTensors(self.train.text, no_features, no_features, self.train.labels)
+        steps = {} if self.train.steps is None else {"text": self.train.steps}  # for an M that reads steps
+        data = UtteranceTensors(self.train.text, no_features, no_features, self.train.labels, steps)
         seed = self.cfg.seed * 1_000_003 + server_round * 7919
         losses = local_msa(shared, None, data, self.cfg, self.cfg.local_epochs, seed, self.label_kind,
                            videos=self.train_videos)
@@ -218,13 +226,13 @@ class ServerRun:
         selection = ValidationSelection(self.label_kind)
 
         def metrics(model: torch.nn.Module, split: TextSplit) -> dict[str, float]:
-            preds = predict_text_only(model, split.text, self.label_kind, split.layout)
+            preds = predict_text_only(model, split.msa_text, self.label_kind, split.layout)
             return summary_metrics(preds, split.labels.cpu().numpy(), self.label_kind)
 
         def on_epoch(epoch: int, model: torch.nn.Module) -> None:
             selection.offer(epoch, metrics(model, self.valid), metrics(model, self.test))
 
-        model = train_text_only(self.train.text, self.train.labels, self.label_kind, self.cfg, epochs, self.cfg.seed,
+        model = train_text_only(self.train.msa_text, self.train.labels, self.label_kind, self.cfg, epochs, self.cfg.seed,
                                 videos=self.train_videos, on_epoch=on_epoch)
         return {**selection.test, "selected_epoch": selection.step,
                 **{f"valid_{key}": value for key, value in selection.valid.items()},

@@ -195,6 +195,21 @@ def test_unknown_methods_are_refused(methods):
         cli.main(["bench", "--methods", methods])
 
 
+def test_misalignment_reaches_every_run_and_one_folder_holds_one_setting(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "misaligned"
+    seen, run_central = [], bench.run_central
+
+    def recording(method, cfg, progress=None):
+        seen.append((cfg.misalign_rate, cfg.misalign_shift))
+        return run_central(method, cfg, progress)
+
+    monkeypatch.setattr(bench, "run_central", recording)
+    argv = ["bench", "--dataset", "synthetic", "--methods", "text-only", "--seeds", "1", "--out", str(out), *TINY]
+    assert cli.main([*argv, "--misalign-rate", "0.2", "--misalign-shift", "2"]) == 0
+    assert seen == [(0.2, 2)]
+    assert cli.main([*argv, "--misalign-rate", "0.3"]) == 2  # another setting needs another folder
+
+
 def test_client_cost_sums_each_clients_whole_run_and_compares_it_with_fedavg_multimodal(tmp_path):
     (tmp_path / "metrics.csv").write_text("round,bytes_up_per_client,bytes_down_per_client,client_train_s_mean\n"
                                           "1,100,200,1.0\n2,0,0,0\n")

@@ -27,7 +27,7 @@ from hydiscgan_fl.data import (
 from hydiscgan_fl.data.sequences import masked_mean
 from hydiscgan_fl.models import MSA_MODELS
 from hydiscgan_fl.privacy.attacks import speaker_attack
-from hydiscgan_fl.training import to_tensors
+from hydiscgan_fl.training import TensorView, to_tensors
 from tests.test_mmsa_loader import _split
 
 
@@ -91,7 +91,7 @@ def test_per_speaker_standardisation_uses_valid_steps_only() -> None:
 
 def test_tensors_pool_by_the_model_family() -> None:
     ds = _dataset()
-    tensors = to_tensors(ds, torch.device("cpu"), MSA_MODELS.get("context-gru").pool)
+    tensors = to_tensors(ds, torch.device("cpu"), TensorView(pool=MSA_MODELS.get("context-gru").pool))
     assert tuple(tensors.text.shape) == (6, 3) and tuple(tensors.audio.shape) == (6, 2)
     np.testing.assert_allclose(tensors.text.numpy(), masked_mean(ds.text, ds.lengths["text"]), rtol=1e-6)
     standardised = standardize_per_speaker(ds.audio, ds.speakers, lengths=ds.lengths["audio"])

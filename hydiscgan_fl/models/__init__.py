@@ -7,7 +7,7 @@ Who holds what:
   layer (models.adversary).
 G and M are chosen by name in the run config (models.registry: `generator-model`, `msa-model`); M may
 read whole videos of utterances (`context-gru`). The networks read utterance-level vectors (sequence data is
-pooled by the MSA family first, registry.pooling); G writes into the real feature spaces (per-speaker
+pooled by the MSA family first; step-reading families also get the steps, models.steps); G writes into the real feature spaces (per-speaker
 standardised, pooled), so fake and real features can be compared directly.
 """
 
@@ -35,9 +35,10 @@ from hydiscgan_fl.models.registry import (
     build_text_only_model,
     needs_context,
     parameter_counts,
-    pooling,
+    reads_steps,
 )
 from hydiscgan_fl.models.shared import SharedModels, build_shared_models
+from hydiscgan_fl.models.steps import StepTensors
 from hydiscgan_fl.models.video_layout import VideoLayout
 
 __all__ = [
@@ -53,7 +54,8 @@ __all__ = [
     "build_text_only_model",
     "needs_context",
     "parameter_counts",
-    "pooling",
+    "reads_steps",
+    "StepTensors",
     "ConditionalGenerator",
     "Discriminator",
     "FeatureEncoder",

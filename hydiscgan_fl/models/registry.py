@@ -12,7 +12,9 @@ a user's entry as ``package.module:NAME`` (like aggregation rules), NAME being a
 - Sequence data (a modality stored as (N, T, D) steps with valid lengths): the family's ``pool`` turns
   each utterance's valid steps into one vector before M (and G, E, D) see it. ``mlp`` and ``context-gru``
   take the masked mean over valid steps; G generates such pooled vectors, and D and E compare them with the
-  pooled real sequences.
+  pooled real sequences. A family that ``reads_steps`` (``lmr-cbt``, ``cfn-sr`` and their ablations) also
+  gets the steps themselves as :class:`~hydiscgan_fl.models.steps.StepTensors` in M's text input (and in
+  the multimodal baselines its audio/visual inputs); G's fakes reach it as pooled vectors.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from torch import nn
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.data.sequences import masked_mean
 from hydiscgan_fl.models.components import GENERATOR, MSA
+from hydiscgan_fl.models.cfn_sr import CFNSR, CFNSRTextOnly
 from hydiscgan_fl.models.context import ContextGRUMSA, ContextGRUTextOnly
+from hydiscgan_fl.models.lmr_cbt import LMRCBT, LMRCBTTextOnly
 from hydiscgan_fl.models.networks import ClientDiscriminators, ConditionalGenerator, MSAModel, TextOnlyModel
 from hydiscgan_fl.plugins import is_import_path, load_import_path
 
@@ -46,6 +50,9 @@ class MSAFamily:
     needs_context: bool  # reads whole videos (batches of videos, a VideoLayout), not independent utterances
     # (N, T, D) steps and valid lengths (N,) -> (N, D) utterance vectors, for modalities stored as sequences
     pool: Callable[[np.ndarray, np.ndarray], np.ndarray] = masked_mean
+    # M (not G, E, D) also reads the steps of sequence modalities: StepTensors (models.steps) in place of the
+    # pooled text (and, in the multimodal baselines, audio/visual); G's fakes stay pooled vectors
+    reads_steps: bool = False
 
 
 Entry = TypeVar("Entry")
@@ -83,16 +90,28 @@ MSA_MODELS: Registry[MSAFamily] = Registry("msa-model", MSAFamily, {
                              build_text_only=lambda text_dim, cfg: ContextGRUTextOnly(text_dim, cfg.hidden_dim,
                                                                                       cfg.dropout),
                              needs_context=True),
-})
+}
+    # The seed papers' fusion models (models/lmr_cbt.py, models/cfn_sr.py) and their ablations. Width
+    # hidden-dim / 2. Per video on utterance-vector data (needs_context), per utterance on sequence data.
+    | {name: MSAFamily(build=lambda dims, cfg, cross=cross: LMRCBT(dims, cfg.hidden_dim // 2, cfg.dropout,
+                                                                  cross_modal=cross),
+                       build_text_only=lambda text_dim, cfg: LMRCBTTextOnly(text_dim, cfg.hidden_dim // 2, cfg.dropout),
+                       needs_context=True, reads_steps=True)
+       for name, cross in (("lmr-cbt", True), ("lmr-cbt-nocross", False))}
+    | {name: MSAFamily(build=lambda dims, cfg, residual=residual: CFNSR(dims, cfg.hidden_dim // 2, cfg.dropout,
+                                                                       residual=residual),
+                       build_text_only=lambda text_dim, cfg: CFNSRTextOnly(text_dim, cfg.hidden_dim // 2, cfg.dropout),
+                       needs_context=True, reads_steps=True)
+       for name, residual in (("cfn-sr", True), ("cfn-sr-nores", False))})
 
 
 def msa_family(cfg: HyDiscGANConfig) -> MSAFamily:
     return MSA_MODELS.get(cfg.msa_model)
 
 
-def pooling(cfg: HyDiscGANConfig) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """How the run's M turns a sequence modality into utterance vectors (see the module docstring)."""
-    return msa_family(cfg).pool
+def reads_steps(cfg: HyDiscGANConfig) -> bool:
+    """Whether the run's M reads the steps of sequence modalities (models.steps), beside pooled vectors."""
+    return msa_family(cfg).reads_steps
 
 
 def needs_context(cfg: HyDiscGANConfig) -> bool:

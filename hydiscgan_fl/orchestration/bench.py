@@ -44,12 +44,12 @@ from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
 from hydiscgan_fl.data.sequences import masked_mean
 from hydiscgan_fl.metrics import HIGHER_IS_BETTER, mean_interval, paired_difference
-from hydiscgan_fl.models import MSA_MODELS, build_shared_models, parameter_counts, pooling
+from hydiscgan_fl.models import MSA_MODELS, build_shared_models, parameter_counts
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
 from hydiscgan_fl.orchestration.schedule import SCHEDULE_KEYS, add_schedule_arguments, schedule_overrides
 from hydiscgan_fl.privacy.attacks import speaker_attack
-from hydiscgan_fl.training import UtteranceTensors, pick_device, to_tensors
+from hydiscgan_fl.training import UtteranceTensors, pick_device, tensor_view, to_tensors
 from hydiscgan_fl.training.central import generated_features, real_features, run_central
 
 # Most privacy-preserving first; the federated ones are the run-config `method` of the same name, or a
@@ -62,6 +62,7 @@ FEDERATED_VARIANTS = {"hydiscgan": {"method": "hydiscgan"},
                       "fedavg-multimodal": {"method": "fedavg-multimodal"}}
 FEDERATED_METHODS = tuple(FEDERATED_VARIANTS)
 METRIC_COLUMNS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr", "acc2", "f1")
+MISALIGN_KEYS = ("misalign-rate", "misalign-shift")  # simulated misalignment (hydiscgan_fl.data.misalign)
 # Per client: mean over rounds, and the whole run (summed over the client's rounds, mean over clients).
 COST_COLUMNS = ("client_bytes_up_per_round", "client_bytes_down_per_round", "client_train_s_per_round",
                 "client_bytes_per_run", "client_train_s_per_run")
@@ -94,6 +95,10 @@ def register(subparsers) -> None:
     parser.add_argument("--num-clients", type=int, default=8,
                         help="simulated SuperNodes of the federated methods (default: %(default)s)")
     add_schedule_arguments(parser)
+    parser.add_argument("--misalign-rate", type=float, default=0.0,
+                        help="run-config misalign-rate: share of audio/visual steps dropped (default: %(default)s)")
+    parser.add_argument("--misalign-shift", type=int, default=0,
+                        help="run-config misalign-shift: largest roll of audio/visual steps (default: %(default)s)")
     parser.set_defaults(handler=run)
 
 
@@ -128,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--seeds and --num-clients must be >= 1")
         out.mkdir(parents=True, exist_ok=True)
         _check_settings(out, {"dataset": base.dataset, "num-clients": args.num_clients,
-                              **{key: base.to_run_config()[key] for key in SCHEDULE_KEYS}})
+                              **{key: base.to_run_config()[key] for key in SCHEDULE_KEYS},
+                              # only when set, so that folders written before these keys existed still resume
+                              **{key: base.to_run_config()[key] for key in MISALIGN_KEYS if base.to_run_config()[key]}})
         _check_columns(out / "summary.csv")
     except (ConfigError, DataError, OSError) as err:
         print(f"hydiscgan bench: error: {err}", file=sys.stderr)
@@ -184,7 +191,8 @@ def _base_config(args: argparse.Namespace) -> HyDiscGANConfig:
     if dataset.startswith("mmsa:"):
         dataset = "mmsa:" + str(Path(dataset[5:]).expanduser().resolve())
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else ""
-    return HyDiscGANConfig.from_run_config({"dataset": dataset, "data-dir": data_dir, **schedule_overrides(args)})
+    return HyDiscGANConfig.from_run_config({"dataset": dataset, "data-dir": data_dir, **schedule_overrides(args),
+                                            "misalign-rate": args.misalign_rate, "misalign-shift": args.misalign_shift})
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
@@ -250,7 +258,7 @@ class RoundProgress:
 def federated_row(federation: LocalFederation, method: str, cfg: HyDiscGANConfig, num_clients: int, out: Path,
                   label: str) -> dict[str, Any]:
     run_config = {key: value for key, value in cfg.to_run_config().items() if key in
-                  ("dataset", "data-dir", "seed", "msa-model", *SCHEDULE_KEYS)}
+                  ("dataset", "data-dir", "seed", "msa-model", *SCHEDULE_KEYS, *MISALIGN_KEYS)}
     run_config.update({**FEDERATED_VARIANTS[method],
                        "output-dir": str(run_group(out, method, cfg.msa_model, cfg.seed))})
     outcome = federation.run(run_config, num_clients, progress=RoundProgress(label))
@@ -274,7 +282,7 @@ def run_group(out: Path, method: str, model: str, seed: int) -> Path:
 
 def _train_tensors(cfg: HyDiscGANConfig) -> UtteranceTensors:
     dataset = cfg.load_dataset()
-    return to_tensors(dataset.split_subset("train"), pick_device(), pooling(cfg))
+    return to_tensors(dataset.split_subset("train"), pick_device(), tensor_view(cfg))
 
 
 def _attack(features: np.ndarray, cfg: HyDiscGANConfig) -> dict[str, float]:

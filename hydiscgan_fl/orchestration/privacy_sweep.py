@@ -45,14 +45,14 @@ import torch
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
 from hydiscgan_fl.metrics import SELECTION_METRIC, mean_interval
-from hydiscgan_fl.models import build_shared_models, pooling
+from hydiscgan_fl.models import build_shared_models
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
 from hydiscgan_fl.orchestration.schedule import SCHEDULE_KEYS, add_schedule_arguments, schedule_overrides
 from hydiscgan_fl.orchestration.update_replay import UPDATE_ATTACK_COLUMNS, update_attack_row
 from hydiscgan_fl.privacy.attacks import generator_membership_attack, speaker_attack
 from hydiscgan_fl.privacy.ledger import PRIVACY_COLUMNS
-from hydiscgan_fl.training import pick_device, to_tensors
+from hydiscgan_fl.training import pick_device, tensor_view, to_tensors
 from hydiscgan_fl.training.central import generated_features, real_features
 
 COLUMNS = ("dp_unit", "noise_multiplier", "adv_lambda", "seed", *PRIVACY_COLUMNS, "selected_round", "valid_acc2",
@@ -264,8 +264,8 @@ def release_attacks(generator: torch.nn.Module, cfg: HyDiscGANConfig) -> dict[st
     """Speaker identification on G(t, 0) of the training speakers; membership inference on G."""
     dataset = cfg.load_dataset()
     device = pick_device()
-    train = to_tensors(dataset.split_subset("train"), device, pooling(cfg))
-    test = to_tensors(dataset.split_subset("test"), device, pooling(cfg))
+    train = to_tensors(dataset.split_subset("train"), device, tensor_view(cfg))
+    test = to_tensors(dataset.split_subset("test"), device, tensor_view(cfg))
     generator = generator.to(device)
     fakes = generated_features(generator, train.text)
     speaker = speaker_attack(fakes, dataset.split_subset("train").speakers, seed=cfg.seed)

@@ -34,10 +34,10 @@ from clients import handlers
 from clients.local_data import client_dataset
 from clients.persistence import client_state_dir, restore_client_state
 from hydiscgan_fl.config import HyDiscGANConfig
-from hydiscgan_fl.models import build_shared_models, pooling
+from hydiscgan_fl.models import build_shared_models
 from hydiscgan_fl.privacy.attacks import update_attacks
 from hydiscgan_fl.run_files import load_state
-from hydiscgan_fl.training import pick_device, to_tensors
+from hydiscgan_fl.training import pick_device, tensor_view, to_tensors
 from hydiscgan_fl.training.central import generated_features, real_features
 from strategies import HyDiscGANStrategy
 from strategies.aggregation import component_rules
@@ -137,7 +137,7 @@ def update_attack_row(run_dir: Path, num_clients: int) -> dict[str, float]:
     cfg = round_.cfg
     train = cfg.load_dataset().split_subset("train")  # every training text: the server knows them all
     device = pick_device()
-    tensors = to_tensors(train, device, pooling(cfg))
+    tensors = to_tensors(train, device, tensor_view(cfg))
 
     def outputs(arrays: dict[str, torch.Tensor]) -> np.ndarray:
         generator = build_shared_models(train.dims, cfg, cfg.seed).generator.to(device)

@@ -1,6 +1,6 @@
 """Local training of HyDiscGAN: loss terms, one function per step, per-round loops (no Flower)."""
 
-from hydiscgan_fl.training.data import UtteranceTensors, minibatches, pick_device, to_tensors
+from hydiscgan_fl.training.data import TensorView, UtteranceTensors, minibatches, pick_device, tensor_view, to_tensors
 from hydiscgan_fl.training.loops import (
     alignment_error,
     local_alignment,
@@ -14,6 +14,7 @@ from hydiscgan_fl.training.loops import (
 from hydiscgan_fl.training.steps import discriminator_step, generator_alignment_step, msa_step
 
 __all__ = [
+    "TensorView",
     "UtteranceTensors",
     "alignment_error",
     "discriminator_step",
@@ -26,6 +27,7 @@ __all__ = [
     "predict",
     "predict_multimodal",
     "predict_text_only",
+    "tensor_view",
     "to_tensors",
     "train_multimodal",
     "train_text_only",

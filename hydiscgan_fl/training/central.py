@@ -32,9 +32,8 @@ from hydiscgan_fl.models import (
     build_client_discriminators,
     build_shared_models,
     needs_context,
-    pooling,
 )
-from hydiscgan_fl.training.data import UtteranceTensors, pick_device, to_tensors
+from hydiscgan_fl.training.data import UtteranceTensors, pick_device, tensor_view, to_tensors
 from hydiscgan_fl.training.loops import (
     local_alignment,
     local_msa,
@@ -81,9 +80,9 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
         raise ValueError(f"unknown central method {method!r}; use one of {list(CENTRAL_METHODS)}")
     dataset = cfg.load_dataset()
     device = pick_device()
-    train = to_tensors(dataset.split_subset("train"), device, pooling(cfg))
-    valid = to_tensors(dataset.split_subset("valid"), device, pooling(cfg))
-    test = to_tensors(dataset.split_subset("test"), device, pooling(cfg))
+    train = to_tensors(dataset.split_subset("train"), device, tensor_view(cfg))
+    valid = to_tensors(dataset.split_subset("valid"), device, tensor_view(cfg))
+    test = to_tensors(dataset.split_subset("test"), device, tensor_view(cfg))
     label_kind = dataset.label_kind
     epochs = cfg.rounds_msa * cfg.local_epochs
     selection = ValidationSelection(label_kind)
@@ -111,9 +110,9 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
         return CentralResult(dict(selection.test), int(selection.step), features)
 
     if method == "text-only":
-        train_text_only(train.text, train.labels, label_kind, cfg, epochs, cfg.seed, videos=videos,
-                        on_epoch=per_epoch_group(lambda model, split, layout: predict_text_only(model, split.text,
-                                                                                                label_kind, layout)))
+        train_text_only(train.msa_input("text"), train.labels, label_kind, cfg, epochs, cfg.seed, videos=videos,
+                        on_epoch=per_epoch_group(lambda model, split, layout: predict_text_only(
+                            model, split.msa_input("text"), label_kind, layout)))
         return result(train.text.cpu().numpy())
 
     shared = build_shared_models(dataset.dims, cfg, cfg.seed).to(device)
@@ -132,7 +131,7 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
         else:
             local_msa(shared, private, train, cfg, cfg.local_epochs, seed, label_kind, videos=videos)
         if report("round", server_round, cfg.total_rounds,
-                  lambda split, layout: predict(shared, split.text, label_kind, layout)):
+                  lambda split, layout: predict(shared, split.text, label_kind, layout, split.steps.get("text"))):
             selected_generator = copy.deepcopy(shared.generator.state_dict())
     shared.generator.load_state_dict(selected_generator)
     return result(generated_features(shared.generator, train.text))

@@ -22,6 +22,7 @@ from hydiscgan_fl.models import (
 )
 from hydiscgan_fl.privacy.dp_sgd import UtteranceDP
 from hydiscgan_fl.privacy.ledger import PrivacyLedger
+from hydiscgan_fl.models.steps import Input, StepTensors, input_dim
 from hydiscgan_fl.training.data import UtteranceTensors, minibatches
 from hydiscgan_fl.training.losses import proximal_term, sentiment_loss
 from hydiscgan_fl.training.steps import discriminator_step, generator_alignment_step, msa_step
@@ -186,7 +187,7 @@ def train_multimodal(
         msa.train()
         for index, layout in batches(len(data), cfg.batch_size, rng, videos, data.text.device):
             batch = data.rows(index)
-            loss_task = sentiment_loss(msa(batch.text, batch.audio, batch.visual, layout), batch.labels, label_kind)
+            loss_task = sentiment_loss(msa(*batch.msa_inputs(), layout), batch.labels, label_kind)
             loss = loss_task
             if anchors is not None:
                 loss = loss + proximal_term(list(msa.parameters()), anchors, proximal_mu)
@@ -205,10 +206,12 @@ def _scores(outputs: torch.Tensor, label_kind: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict(shared: SharedModels, text: torch.Tensor, label_kind: str, layout: VideoLayout | None = None) -> np.ndarray:
-    """Text-only inference y_hat = M(t, G(t, 0)): probabilities for binary labels, scores otherwise."""
+def predict(shared: SharedModels, text: torch.Tensor, label_kind: str, layout: VideoLayout | None = None,
+            msa_text: StepTensors | None = None) -> np.ndarray:
+    """Text-only inference y_hat = M(t, G(t, 0)): probabilities for binary labels, scores otherwise
+    (`msa_text`: the text's steps for a step-reading M)."""
     shared.eval()
-    return _scores(shared.predict(text, layout), label_kind)
+    return _scores(shared.predict(text, layout, msa_text), label_kind)
 
 
 @torch.no_grad()
@@ -216,7 +219,7 @@ def predict_multimodal(msa: MSAModel, data: UtteranceTensors, label_kind: str,
                        layout: VideoLayout | None = None) -> np.ndarray:
     """Inference of the multimodal baselines, y_hat = M(t, a, v) on real audio/visual."""
     msa.eval()
-    return _scores(msa(data.text, data.audio, data.visual, layout), label_kind)
+    return _scores(msa(*data.msa_inputs(), layout), label_kind)
 
 
 @torch.no_grad()
@@ -228,20 +231,21 @@ def alignment_error(shared: SharedModels, data: UtteranceTensors) -> float:
 
 
 def train_text_only(
-    text: torch.Tensor, labels: torch.Tensor, label_kind: str, cfg: HyDiscGANConfig, epochs: int, seed: int,
+    text: Input, labels: torch.Tensor, label_kind: str, cfg: HyDiscGANConfig, epochs: int, seed: int,
     on_epoch: Callable[[int, TextOnlyModel], None] | None = None,
     videos: Videos | None = None,
 ) -> TextOnlyModel:
     """The text-only baseline of M's family (`msa-model`), trained centrally with M's optimiser settings.
 
-    `on_epoch(epoch, model)` is called after each epoch; `videos` when the family needs context."""
+    `text`: utterance vectors, or steps for a step-reading family; `on_epoch(epoch, model)` is called after
+    each epoch; `videos` when the family needs context."""
     torch.manual_seed(seed)
-    model = build_text_only_model(text.shape[1], cfg).to(text.device)
+    model = build_text_only_model(input_dim(text), cfg).to(text.device)
     optimizer = _adam(model.parameters(), cfg.lr_msa, cfg)
     rng = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         model.train()
-        for index, layout in batches(text.shape[0], cfg.batch_size, rng, videos, text.device):
+        for index, layout in batches(len(text), cfg.batch_size, rng, videos, text.device):
             loss = sentiment_loss(model(text[index], layout), labels[index], label_kind)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -252,7 +256,7 @@ def train_text_only(
 
 
 @torch.no_grad()
-def predict_text_only(model: TextOnlyModel, text: torch.Tensor, label_kind: str,
+def predict_text_only(model: TextOnlyModel, text: Input, label_kind: str,
                       layout: VideoLayout | None = None) -> np.ndarray:
     model.eval()
     return _scores(model(text, layout), label_kind)

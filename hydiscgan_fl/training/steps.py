@@ -117,7 +117,7 @@ def msa_step(
 
     G and D work per utterance; M reads the batch's whole videos through `layout` when it needs context."""
     fake_audio, fake_visual = shared.generator(batch.text, noise)
-    outputs = shared.msa(batch.text, fake_audio, fake_visual, layout)
+    outputs = shared.msa(batch.msa_input("text"), fake_audio, fake_visual, layout)  # steps of text if M reads them
     loss_task = sentiment_loss(outputs, batch.labels, label_kind)
     loss = loss_task
     metrics = {"loss_task": loss_task.item()}
