@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from hydiscgan_fl.orchestration.flwr_runner import OFFLINE_ENV, free_port
+from hydiscgan_fl.orchestration.processes import child_processes, process_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -135,28 +136,6 @@ def test_localize_maps_paths_hosts_and_ports(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ process handling
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry.name))
-    return kids
-
-
-def _descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        for kid in _children(todo.pop()):
-            found.append(kid)
-            todo.append(kid)
-    return found
-
-
 def _cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -215,7 +194,7 @@ class Processes:
 
     def remember_descendants(self) -> None:
         for proc in self.started.values():
-            self.seen.update(_descendants(proc.pid))
+            self.seen.update(process_tree([proc.pid]) - {proc.pid})
 
     def stop(self, addresses: list[str]) -> list[str]:
         """SIGTERM then SIGKILL every started process, every descendant seen and every process that
@@ -368,7 +347,7 @@ def test_compose_topology_runs_with_tls_and_supernode_auth(tmp_path: Path) -> No
         for owner, service in [("superlink", "superexec-serverapp"),
                                *[(node, node.replace("supernode", "superexec-clientapp")) for node in NODES]]:
             pid = procs.started[owner].pid
-            executors = [_cmdline(kid) for kid in _children(pid) if "flower-superexec" in " ".join(_cmdline(kid))]
+            executors = [_cmdline(kid) for kid in child_processes(pid) if "flower-superexec" in " ".join(_cmdline(kid))]
             assert len(executors) == 1, f"{owner} started {executors}"
             actual = flag_values(executors[0])
             actual.pop("--parent-pid")

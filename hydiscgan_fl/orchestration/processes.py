@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def process_tree(roots: list[int]) -> set[int]:
-    """`roots` and all their descendants (from /proc/<pid>/stat's parent ids)."""
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every running process's children, from /proc/<pid>/stat's parent ids."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -16,6 +16,17 @@ def process_tree(roots: list[int]) -> set[int]:
                 continue
             parent = int(stat.rsplit(")", 1)[1].split()[1])  # the command may hold spaces and parentheses
             children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
+def child_processes(pid: int) -> list[int]:
+    """The direct children of `pid`."""
+    return _children_by_parent().get(pid, [])
+
+
+def process_tree(roots: list[int]) -> set[int]:
+    """`roots` and all their descendants."""
+    children = _children_by_parent()
     tree, todo = set(), list(roots)
     while todo:
         pid = todo.pop()
