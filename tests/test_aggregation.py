@@ -111,7 +111,7 @@ BYZANTINE_RUN = {"rounds-align": 1, "rounds-msa": 3, "local-epochs": 1}  # MOSI,
 
 
 def test_byzantine_clients_break_fedavg_but_not_the_robust_rules(tmp_path):
-    acc = {}
+    acc, last = {}, {}
     for label, extra in {
         "clean fedavg": {},
         "fedavg": {"byzantine-clients": 2},
@@ -120,9 +120,12 @@ def test_byzantine_clients_break_fedavg_but_not_the_robust_rules(tmp_path):
         "krum": {"byzantine-clients": 2, "aggregation": "krum", "krum-malicious": 2},
     }.items():
         run = run_in_process({**BYZANTINE_RUN, **extra, "output-dir": str(tmp_path)}, num_nodes=8)
-        acc[label] = load_summary(run.run_dir)["acc2"]
+        summary = load_summary(run.run_dir)
+        acc[label], last[label] = summary["acc2"], summary["last_acc2"]
     clean = acc.pop("clean fedavg")
     assert clean > above_chance(HyDiscGANConfig().load_dataset().split_subset("test").labels), acc
-    assert acc.pop("fedavg") < clean - 0.2, acc  # collapses
+    assert last["fedavg"] < last["clean fedavg"] - 0.2, last  # the final model collapses
+    # Validation selection falls back to an earlier, less poisoned round: still clearly worse.
+    assert acc.pop("fedavg") < clean - 0.05, acc
     for rule, value in acc.items():
         assert abs(value - clean) <= 0.02, (rule, value, clean)
