@@ -10,7 +10,8 @@ with partition-id 0..B-1 attack in every round (G in stage 1, G and M in stage 2
 told B: fedtrimmedavg cuts B/N of the values at each end of every coordinate (trimmed-beta = B/N), krum
 assumes B malicious nodes.
 Writes DIR/byzantine.csv (one row per run; rows already there are skipped, so an interrupted benchmark
-resumes) and DIR/byzantine.md (test Acc-2 at the validation-selected round per rule and attack, and its change from the clean run).
+resumes) and DIR/byzantine.md (test Acc-2 at the validation-selected round per rule and attack, and its
+change from the clean run).
 """
 
 from __future__ import annotations
@@ -114,8 +115,8 @@ def markdown_table(rows: list[dict[str, str]], args: argparse.Namespace) -> str:
     """Acc-2 per rule (rows) and attack (columns); attacked cells show the change from the rule's clean run."""
     acc = {(row["rule"], row["attack"]): float(row["acc2"]) for row in rows}
     modes = [mode for mode in MODES if any(attack == mode for _, attack in acc)]
-    lines = [f"Test Acc-2 at the validation-selected round on {args.dataset}, {args.num_clients} clients, {args.byzantine} Byzantine, seed "
-             f"{args.seed} (change from the clean run of the same rule in points):", "",
+    lines = [f"Test Acc-2 at the validation-selected round on {args.dataset}, {args.num_clients} clients, "
+             f"{args.byzantine} Byzantine, seed {args.seed} (change from the clean run of the same rule in points):", "",
              "| rule | clean | " + " | ".join(f"attack: {mode}" for mode in modes) + " |",
              "|---|---|" + "---|" * len(modes)]
     for rule in dict.fromkeys(rule for rule, _ in acc):
