@@ -348,8 +348,8 @@ def write_report(out: Path, raw_attack: dict[str, Any], parameters: dict[str, di
         f"{settings['local-epochs']} local epochs; federated methods on {settings['num-clients']} simulated "
         "clients (speaker partition)",
         "- test metrics at each run's round or epoch group that is best on the validation speakers "
-        "(acc2 for binary labels, mae for continuous ones); validation speakers are carved from the training "
-        "speakers (valid-fraction) and are on no client",
+        "(acc2 for binary labels, mae for continuous ones); validation speakers (valid-fraction, valid-from: "
+        "held-out speakers for mosi-bclstm, training speakers otherwise, MMSA's own valid split) are on no client",
         "- mean ± sample std over seeds [95% Student-t interval of the mean] (n = number of seeds); client_*_per_round "
         "per client and round, client_*_per_run per client over the whole run (bytes up + down)",
         "",
