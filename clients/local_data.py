@@ -17,12 +17,13 @@ from hydiscgan_fl.models import needs_context
 def client_dataset(cfg: HyDiscGANConfig, node_config: dict) -> MultimodalDataset:
     """This client's private training utterances, read once per process (not every round).
 
-    Deployment: node-config `data-path` names this node's partition file. Simulation: the training
-    split of `dataset` is partitioned with `partition` and this node takes `partition-id` (whole videos
-    when the MSA model needs context).
+    Deployment: node-config `data-path` names this node's partition file. Simulation with dataset
+    `partitions:<dir>` (written by `hydiscgan partition`): this node reads only `<dir>/partition-<partition-id>.npz`.
+    Other simulations: the training split of `dataset` is partitioned with `partition` and this node takes
+    `partition-id` (whole videos when the MSA model needs context).
     """
-    if "data-path" in node_config:
-        path = Path(str(node_config["data-path"]))
+    if "data-path" in node_config or cfg.dataset.startswith("partitions:"):
+        path = partition_path(cfg, node_config)
         stat = path.stat() if path.exists() else None  # a replaced file is read again
         dataset = _partition_file(str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
     else:
@@ -31,6 +32,27 @@ def client_dataset(cfg: HyDiscGANConfig, node_config: dict) -> MultimodalDataset
     if len(dataset) < 2:
         raise DataError(f"client {node_config} holds {len(dataset)} utterance(s); it needs at least 2 to train")
     return dataset
+
+
+def partition_path(cfg: HyDiscGANConfig, node_config: dict) -> Path:
+    """This node's partition file: node-config `data-path`, else `partition-<partition-id>.npz` of the
+    `partitions:<dir>` dataset, whose files must number exactly `num-partitions`."""
+    if "data-path" in node_config:
+        return Path(str(node_config["data-path"]))
+    folder, partition_id = Path(cfg.dataset.removeprefix("partitions:")), int(node_config["partition-id"])
+    _check_partition_count(str(folder), int(node_config["num-partitions"]))
+    return folder / f"partition-{partition_id}.npz"
+
+
+@functools.lru_cache(maxsize=None)
+def _check_partition_count(folder: str, num_partitions: int) -> None:
+    # Partition ids run 0..num-partitions-1, so a folder written for another number of clients would
+    # silently leave clients out (or crash some): refuse it, once per process.
+    held = sum(1 for _ in Path(folder).glob("partition-*.npz"))
+    if held != num_partitions:
+        raise DataError(f"dataset partitions:{folder} holds {held} partition file(s) but the simulation runs "
+                        f"{num_partitions} SuperNodes; write it with `hydiscgan partition --num-partitions "
+                        f"{num_partitions}`")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
 from examples.in_process import run_in_process
 from hydiscgan_fl.config import SERVER_STAGE
 from hydiscgan_fl.run_files import load_state, load_summary
@@ -67,6 +69,25 @@ def test_a_simulated_client_reads_its_partition_once_per_process_and_keeps_no_fu
     assert set(first.ids.tolist()) < set(full.ids.tolist()) and len(set(first.speakers.tolist())) >= 1
     other = local_data.client_dataset(cfg, {"partition-id": 4, "num-partitions": 5})
     assert not set(other.ids.tolist()) & set(first.ids.tolist())
+
+
+def test_a_simulated_client_of_a_partitions_folder_reads_only_its_own_file(tmp_path, monkeypatch):
+    from clients import local_data
+    from hydiscgan_fl.config import HyDiscGANConfig
+    from hydiscgan_fl.data import DataError, load_partition, write_partitions
+
+    full = HyDiscGANConfig(dataset="synthetic:40", seed=1)
+    write_partitions(full.load_dataset(cached=False), 4, "speaker", 1, tmp_path)
+    opened = []
+    monkeypatch.setattr(local_data, "load_partition", lambda path: (opened.append(path), load_partition(path))[1])
+    local_data._partition_file.cache_clear()
+    cfg = HyDiscGANConfig(dataset=f"partitions:{tmp_path}", seed=1)
+    mine = local_data.client_dataset(cfg, {"partition-id": 2, "num-partitions": 4})
+    assert local_data.client_dataset(cfg, {"partition-id": 2, "num-partitions": 4}) is mine  # once per process
+    assert opened == [str(tmp_path / "partition-2.npz")]
+    assert mine.ids.tolist() == load_partition(tmp_path / "partition-2.npz").ids.tolist()
+    with pytest.raises(DataError, match=r"holds 4 partition file\(s\) but the simulation runs 5 SuperNodes"):
+        local_data.client_dataset(cfg, {"partition-id": 2, "num-partitions": 5})
 
 
 def test_synthetic_data_can_have_a_thousand_training_speakers():

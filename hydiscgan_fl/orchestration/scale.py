@@ -3,7 +3,11 @@
 For each number of clients N (default 10, 100, 1000) one real `flwr run` (Ray simulation engine, one
 SuperNode per client, one CPU per client) on synthetic data with one training speaker per client
 (`synthetic:<speakers>`, the number of speakers chosen so that the training split holds exactly N),
-speaker partition, every client trained in every round (`--fraction-train`). Measured:
+speaker partition, every client trained in every round (`--fraction-train`). The partitions are written
+first, as `hydiscgan partition` does, and the run reads `partitions:<dir>`: each client reads only its own
+file (once per worker process), the server only `server.npz`. A round waits for every client
+(`round-timeout-s` = `--timeout-s`): on two cores a round of 1,000 clients outlasts the default 600 s.
+Measured:
 
 - seconds per round: metrics.csv's wall_s (sending, client training, aggregation and the server's
   evaluation), the first round apart (it includes starting the workers and reading the partitions);
@@ -30,6 +34,8 @@ from typing import Any
 import pandas as pd
 
 from hydiscgan_fl.config import HyDiscGANConfig
+from hydiscgan_fl.data import write_partitions
+from hydiscgan_fl.models import needs_context
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation, pids_listening_with
 from hydiscgan_fl.orchestration.processes import process_memory, process_tree
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
@@ -110,9 +116,14 @@ def measure(clients: int, rounds: int, fraction_train: float, seed: int, sample_
             out: Path) -> dict[str, Any]:
     speakers = speakers_for(clients, seed)
     align = max(1, rounds // 2)
-    run_config = {"dataset": f"synthetic:{speakers}", "seed": seed, "partition": "speaker", "rounds-align": align,
-                  "rounds-msa": rounds - align, "local-epochs": 1, "fraction-train": fraction_train,
-                  "min-train-replies": 1, "output-dir": str(out / "runs" / f"clients{clients}")}
+    full = HyDiscGANConfig(dataset=f"synthetic:{speakers}", seed=seed, partition="speaker")
+    partitions = out / "partitions" / f"clients{clients}"
+    write_partitions(full.load_dataset(cached=False), clients, full.partition, seed, partitions,
+                     whole_videos=needs_context(full))
+    run_config = {"dataset": f"partitions:{partitions.resolve()}", "seed": seed, "partition": "speaker",
+                  "rounds-align": align, "rounds-msa": rounds - align, "local-epochs": 1,
+                  "fraction-train": fraction_train, "min-train-replies": 1, "round-timeout-s": timeout_s,
+                  "output-dir": str(out / "runs" / f"clients{clients}")}
     started = time.time()
     output_dir = Path(run_config["output-dir"])
     with LocalFederation() as federation:
