@@ -23,7 +23,7 @@ COLUMNS = ["dataset", "method", "model", "seed", "acc2_has0", "acc2_non0", "f1_h
            "client_bytes_down_per_round", "client_train_s_per_round", "client_bytes_per_run", "client_train_s_per_run", "wall_s"]
 REGRESSION = ["acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr"]
 COST = list(bench.COST_COLUMNS)
-TINY = ["--rounds-align", "1", "--rounds-msa", "1", "--local-epochs", "1"]
+TINY = ["--msa-models", "mlp", "--rounds-align", "1", "--rounds-msa", "1", "--local-epochs", "1"]
 
 
 def read_summary(out):

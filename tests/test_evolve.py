@@ -138,7 +138,7 @@ def test_the_command_on_a_tiny_in_process_run(tmp_path, capsys):
     from examples.in_process import run_in_process
     from hydiscgan_fl.orchestration.cli import main
 
-    run = run_in_process({"dataset": "synthetic", "rounds-align": 1, "rounds-msa": 1, "local-epochs": 1,
+    run = run_in_process({"dataset": "synthetic", "msa-model": "mlp", "rounds-align": 1, "rounds-msa": 1, "local-epochs": 1,
                           "output-dir": str(tmp_path / "runs")}, num_nodes=2)
     common = ["evolve", "--run-dir", str(run.run_dir), "--target", "1.5", "--texts", "3", "--population", "4",
               "--generations", "2"]

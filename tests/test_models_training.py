@@ -29,7 +29,7 @@ def small_setup(cfg: HyDiscGANConfig):
 
 
 def test_shapes_and_text_only_inference():
-    cfg = HyDiscGANConfig()
+    cfg = HyDiscGANConfig(msa_model="mlp")  # the per-utterance steps; context-gru: test_registry_videos
     dataset, shared, private, data = small_setup(cfg)
     fake_audio, fake_visual = shared.generator(data.text)
     assert fake_audio.shape == data.audio.shape and fake_visual.shape == data.visual.shape
@@ -44,7 +44,7 @@ def test_info_nce_prefers_matching_pairs():
 
 
 def test_each_step_lowers_its_loss_on_a_fixed_batch():
-    cfg = HyDiscGANConfig(dropout=0.0, lr_generator=3e-3, lr_discriminator=3e-3, lr_msa=3e-3)
+    cfg = HyDiscGANConfig(msa_model="mlp", dropout=0.0, lr_generator=3e-3, lr_discriminator=3e-3, lr_msa=3e-3)
     dataset, shared, private, data = small_setup(cfg)
     batch = data.rows(torch.arange(32))
     noise = torch.zeros(32, cfg.noise_dim)
