@@ -58,15 +58,17 @@ def local_distill(
                 targets = teacher(*batch.msa_inputs(), layout)
             outputs = student(batch.msa_input("text"), layout)
             loss_task = sentiment_loss(outputs, batch.labels, label_kind)
-            loss_distill = distillation_loss(outputs, targets, label_kind)
-            loss = loss_task + cfg.lambda_distill * loss_distill
+            loss = loss_task
+            if cfg.lambda_distill > 0:  # weight 0: the term is not computed (the student is a text-only model)
+                loss_distill = distillation_loss(outputs, targets, label_kind)
+                loss = loss + cfg.lambda_distill * loss_distill
+                history["loss_distill"].append(loss_distill.item())
             if anchors is not None:
                 loss = loss + proximal_term(list(student.parameters()), anchors, proximal_mu)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             history["loss_task"].append(loss_task.item())
-            history["loss_distill"].append(loss_distill.item())
     return _mean(history)
 
 
@@ -95,13 +97,15 @@ def local_multitask(
             batch = data.rows(index)
             features = model.features(batch.msa_input("text"), layout)
             loss_task = sentiment_loss(model.readout(features), batch.labels, label_kind)
-            loss_aux = F.mse_loss(head(features), torch.cat([batch.audio, batch.visual], dim=1))
-            loss = loss_task + cfg.lambda_multitask * loss_aux
+            loss = loss_task
+            if cfg.lambda_multitask > 0:  # weight 0: the term is not computed, the head not trained
+                loss_aux = F.mse_loss(head(features), torch.cat([batch.audio, batch.visual], dim=1))
+                loss = loss + cfg.lambda_multitask * loss_aux
+                history["loss_multitask"].append(loss_aux.item())
             if anchors is not None:
                 loss = loss + proximal_term(list(model.parameters()), anchors, proximal_mu)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             history["loss_task"].append(loss_task.item())
-            history["loss_multitask"].append(loss_aux.item())
     return _mean(history)
