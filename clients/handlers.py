@@ -39,7 +39,15 @@ from hydiscgan_fl.models import (
 from hydiscgan_fl.models.registry import msa_family
 from hydiscgan_fl.privacy.ledger import PrivacyLedger
 from hydiscgan_fl.privacy.reply_metrics import TIMING_KEY, WEIGHT_KEY, releasable_metrics
-from hydiscgan_fl.training import local_alignment, local_msa, pick_device, tensor_view, to_tensors, train_multimodal
+from hydiscgan_fl.training import (
+    UtteranceTensors,
+    local_alignment,
+    local_msa,
+    pick_device,
+    tensor_view,
+    to_tensors,
+    train_multimodal,
+)
 from hydiscgan_fl.training.privileged import build_multitask_head, local_distill, local_multitask
 from hydiscgan_fl.training.videos import Videos
 
@@ -73,9 +81,9 @@ def privacy_ledger(cfg: HyDiscGANConfig, context: Context) -> PrivacyLedger | No
     return PrivacyLedger(cfg.dp_delta)
 
 
-def privileged_round(stage: str, model: torch.nn.Module, data, dataset: MultimodalDataset, cfg: HyDiscGANConfig,
-                     context: Context, epochs: int, seed: int, proximal_mu: float, videos: Videos | None,
-                     device: torch.device) -> dict[str, float]:
+def privileged_round(stage: str, model: torch.nn.Module, data: UtteranceTensors, dataset: MultimodalDataset,
+                     cfg: HyDiscGANConfig, context: Context, epochs: int, seed: int, proximal_mu: float,
+                     videos: Videos | None, device: torch.device) -> dict[str, float]:
     """One round of the distill or multitask baseline on the federated text `model`; the teacher or the
     auxiliary head lives in `context.state` and never leaves (hydiscgan_fl.training.privileged)."""
     private_seed = cfg.seed * 1_000_003 + client_seed_key(context)
