@@ -1,11 +1,13 @@
 """ClientApp handlers: unpack the server's message, run the local stage, pack only shared weights.
 
 What leaves the client: the arrays of the components it was sent (G in stage 1; G and M in stage 2;
-M alone in the fedavg-multimodal baseline's "multimodal" stage) and the metrics that the allow-list of
+M alone in the fedavg-multimodal baseline's "multimodal" stage; the text model, under M's name, in the
+distill and multitask baselines' stages) and the metrics that the allow-list of
 its stage and DP unit admits (`hydiscgan_fl.privacy.reply_metrics`); every other figure (losses on
 private data, the Wasserstein figure) goes to the client's own log only. The encoders and
 discriminators live in `context.state` and never leave, as do personalised ("local") components, the
-speaker adversary of adversarial identity unlearning (adv-lambda) and, under utterance-level DP, the
+speaker adversary of adversarial identity unlearning (adv-lambda), the distill baseline's multimodal
+teacher, the multitask baseline's auxiliary head and, under utterance-level DP, the
 client's privacy ledger, whose cumulative epsilon is reported each round.
 
 Robustness (docs/aggregation.md): the client refuses data the server's model or text does not fit
@@ -31,15 +33,27 @@ from hydiscgan_fl.data import MultimodalDataset
 from hydiscgan_fl.models import (
     SpeakerAdversary,
     build_client_discriminators,
-    build_shared_models,
+    build_federated_models,
     build_speaker_adversary,
 )
+from hydiscgan_fl.models.registry import msa_family
 from hydiscgan_fl.privacy.ledger import PrivacyLedger
 from hydiscgan_fl.privacy.reply_metrics import TIMING_KEY, WEIGHT_KEY, releasable_metrics
-from hydiscgan_fl.training import local_alignment, local_msa, pick_device, tensor_view, to_tensors, train_multimodal
+from hydiscgan_fl.training import (
+    UtteranceTensors,
+    local_alignment,
+    local_msa,
+    pick_device,
+    tensor_view,
+    to_tensors,
+    train_multimodal,
+)
+from hydiscgan_fl.training.privileged import build_multitask_head, local_distill, local_multitask
 from hydiscgan_fl.training.videos import Videos
 
 PRIVATE_STATE_KEY = "private-models"
+TEACHER_STATE_KEY = "distill-teacher"  # the distill baseline's multimodal teacher
+MULTITASK_STATE_KEY = "multitask-head"  # the multitask baseline's auxiliary head
 ADVERSARY_STATE_KEY = "speaker-adversary"
 LEDGER_STATE_KEY = "privacy-ledger"
 PERSONAL_STATE_PREFIX = "personal-"  # + component name: a personalised component's weights
@@ -67,6 +81,30 @@ def privacy_ledger(cfg: HyDiscGANConfig, context: Context) -> PrivacyLedger | No
     return PrivacyLedger(cfg.dp_delta)
 
 
+def privileged_round(stage: str, model: torch.nn.Module, data: UtteranceTensors, dataset: MultimodalDataset,
+                     cfg: HyDiscGANConfig, context: Context, epochs: int, seed: int, proximal_mu: float,
+                     videos: Videos | None, device: torch.device) -> dict[str, float]:
+    """One round of the distill or multitask baseline on the federated text `model`; the teacher or the
+    auxiliary head lives in `context.state` and never leaves (hydiscgan_fl.training.privileged)."""
+    private_seed = cfg.seed * 1_000_003 + client_seed_key(context)
+    if stage == "distill":
+        torch.manual_seed(private_seed)
+        teacher = msa_family(cfg).build(dataset.dims, cfg).to(device)
+        if TEACHER_STATE_KEY in context.state:
+            teacher.load_state_dict(context.state[TEACHER_STATE_KEY].to_torch_state_dict())
+        else:  # first round of this client: the teacher gets M's whole budget on the client's own utterances
+            train_multimodal(teacher, data, cfg, cfg.rounds_msa * cfg.local_epochs, private_seed, dataset.label_kind,
+                             videos=videos)
+            context.state[TEACHER_STATE_KEY] = ArrayRecord(teacher.state_dict())
+        return local_distill(model, teacher, data, cfg, epochs, seed, dataset.label_kind, proximal_mu, videos)
+    head = build_multitask_head(model.feature_dim, dataset.dims, private_seed).to(device)
+    if MULTITASK_STATE_KEY in context.state:
+        head.load_state_dict(context.state[MULTITASK_STATE_KEY].to_torch_state_dict())
+    losses = local_multitask(model, head, data, cfg, epochs, seed, dataset.label_kind, proximal_mu, videos)
+    context.state[MULTITASK_STATE_KEY] = ArrayRecord(head.state_dict())
+    return losses
+
+
 def train(msg: Message, context: Context) -> Message:
     """One round of local training for the stage named in the message's config."""
     started = time.perf_counter()
@@ -91,7 +129,7 @@ def train(msg: Message, context: Context) -> Message:
     if "known-ids" in config:
         check_known_ids(dataset, list(config["known-ids"]), who)
     device = pick_device()
-    shared = build_shared_models(dataset.dims, cfg, cfg.seed).to(device)
+    shared = build_federated_models(dataset.dims, cfg, cfg.seed).to(device)
     received = msg.content["arrays"].to_torch_state_dict()
     check_dims(shared.state_dict(), received, dataset.dims, who)
     shared.load_state_dict(received, strict=False)
@@ -106,10 +144,14 @@ def train(msg: Message, context: Context) -> Message:
     if stage == "multimodal":  # the fedavg-multimodal baseline: M on real (t, a, v), no discriminators
         losses = train_multimodal(shared.msa, data, cfg, local_epochs, seed, dataset.label_kind, proximal_mu,
                                   videos=videos)
+    elif stage in ("distill", "multitask"):
+        losses = privileged_round(stage, shared.msa, data, dataset, cfg, context, local_epochs, seed, proximal_mu,
+                                  videos, device)
     elif stage in ("align", "msa"):
         private_seed = cfg.seed * 1_000_003 + client_key
         private = build_client_discriminators(dataset.dims, cfg, private_seed).to(device)
-        if PRIVATE_STATE_KEY in context.state:
+        trained_private = PRIVATE_STATE_KEY in context.state
+        if trained_private:
             private.load_state_dict(context.state[PRIVATE_STATE_KEY].to_torch_state_dict())
         ledger = privacy_ledger(cfg, context)
         if stage == "align":
@@ -119,8 +161,10 @@ def train(msg: Message, context: Context) -> Message:
             if adversary is not None:
                 context.state[ADVERSARY_STATE_KEY] = ArrayRecord(adversary.state_dict())
         else:  # no DP-SGD here: stage 2 reads no audio/visual (hydiscgan_fl.privacy.dp_sgd)
-            losses = local_msa(shared, private, data, cfg, local_epochs, seed, dataset.label_kind, proximal_mu,
-                               videos)
+            # the frozen-D term needs a D trained in stage 1: without one (rounds-align 0, or this client was
+            # never sampled in stage 1) stage 2 runs without it rather than with a random D
+            losses = local_msa(shared, private if trained_private else None, data, cfg, local_epochs, seed,
+                               dataset.label_kind, proximal_mu, videos)
         context.state[PRIVATE_STATE_KEY] = ArrayRecord(private.state_dict())
         if ledger is not None:
             context.state[LEDGER_STATE_KEY] = ConfigRecord({"json": ledger.to_json()})

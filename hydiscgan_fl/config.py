@@ -19,9 +19,15 @@ from hydiscgan_fl.data import MultimodalDataset, load_dataset
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _PARTITION_RE = re.compile(r"^(speaker|iid|dirichlet:(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)$")
-# What the federation trains: HyDiscGAN (text-only at test), or the privacy-violating baseline that
-# federates M(t, a, v) with FedAvg and needs real audio/visual at test time (no alignment stage).
-METHODS = ("hydiscgan", "fedavg-multimodal")
+# What the federation trains: HyDiscGAN (text-only at test); the privacy-violating baseline that federates
+# M(t, a, v) with FedAvg and needs real audio/visual at test time; or one of two privileged-information
+# baselines that use the clients' audio/visual at training time only and federate the text-only model of
+# M's family: "distill" (a client-private multimodal teacher distilled into it) and "multitask" (it also
+# predicts the client's audio/visual features from text through a client-private head). These three have
+# one stage in every round (SINGLE_STAGE), no alignment stage and no generator.
+METHODS = ("hydiscgan", "fedavg-multimodal", "distill", "multitask")
+SINGLE_STAGE = {"fedavg-multimodal": "multimodal", "distill": "distill", "multitask": "multitask"}
+_INFERENCE_RE = re.compile(r"^(z0|(mean-pred|mean-fake):([1-9]\d*))$")
 LOCAL_RULE = "local"
 # Stage 2 on the server (msa-site "server"): M and G trained on the server's own text and labels.
 SERVER_STAGE = "server-msa"
@@ -71,6 +77,21 @@ class HyDiscGANConfig(BaseModel):
     lambda_recon: float = Field(1.0, ge=0.0)
     lambda_adv_msa: float = Field(0.05, ge=0.0)
     temperature: float = Field(0.2, gt=0.0)
+
+    # Ablations and inference of HyDiscGAN (docs/ablations.md) [ablation, inference]. A loss term is ablated
+    # by its weight 0 (lambda-adv, lambda-contrastive, lambda-recon, lambda-adv-msa: the term is then not
+    # computed, and D and E are not trained when no term uses them); stage 1 is skipped by rounds-align 0.
+    # inference: how the server predicts from text: "z0" = M(t, G(t, 0)); "mean-pred:K" = the mean of K
+    # predictions M(t, G(t, z_k)); "mean-fake:K" = M(t, mean of K fakes G(t, z_k)); z_k ~ N(0, I) seeded by `seed`.
+    # ablation: "frozen-generator" keeps G as stage 1 left it (stage 2 trains M only, no frozen-D term);
+    # "zero-fakes" feeds M zeros in place of G(t) at training and test time (the same schedule, no fake
+    # features: M(t, 0, 0) is a federated text model of M's architecture; G never reaches M).
+    ablation: Literal["none", "frozen-generator", "zero-fakes"] = "none"
+    inference: str = "z0"
+    # Privileged-information baselines [lambda-distill, lambda-multitask]: the weight of the distillation
+    # term (student vs the client's multimodal teacher) and of the auxiliary audio/visual prediction loss.
+    lambda_distill: float = Field(1.0, ge=0.0)
+    lambda_multitask: float = Field(1.0, ge=0.0)
 
     # Aggregation (docs/aggregation.md) [aggregation, aggregation-generator, aggregation-msa, proximal-mu,
     # trimmed-beta, krum-malicious]: a rule name, or a user's Strategy class as 'package.module:Class';
@@ -192,14 +213,30 @@ class HyDiscGANConfig(BaseModel):
             raise ValueError(f"unknown method {value!r}; use one of {list(METHODS)}")
         return value
 
+    @field_validator("inference")
+    @classmethod
+    def _inference_form(cls, value: str) -> str:
+        if not _INFERENCE_RE.match(value):
+            raise ValueError(f"unknown inference {value!r}; use 'z0', 'mean-pred:<K>' or 'mean-fake:<K>' (K >= 1)")
+        return value
+
     @model_validator(mode="after")
     def _dp_unit_fits_method(self) -> HyDiscGANConfig:
-        if self.dp_unit == "utterance" and self.method == "fedavg-multimodal":
-            raise ValueError("dp-unit 'utterance' runs HyDiscGAN's alignment steps under DP-SGD; the "
-                             "fedavg-multimodal baseline has none (use dp-unit 'speaker')")
-        if self.msa_site == "server" and self.method == "fedavg-multimodal":
-            raise ValueError("msa-site 'server' moves HyDiscGAN's stage 2 to the server; the fedavg-multimodal "
-                             "baseline trains M on the clients' real audio/visual (use msa-site 'clients')")
+        if self.dp_unit == "utterance" and self.method != "hydiscgan":
+            # DP-SGD covers HyDiscGAN's alignment steps; the baselines' steps read audio/visual in other
+            # places (teacher, distillation, auxiliary loss) that no accountant here covers.
+            raise ValueError(f"dp-unit 'utterance' runs HyDiscGAN's alignment steps under DP-SGD; the "
+                             f"{self.method} baseline has none (use dp-unit 'speaker')")
+        if self.msa_site == "server" and self.method != "hydiscgan":
+            raise ValueError(f"msa-site 'server' moves HyDiscGAN's stage 2 to the server; the {self.method} "
+                             "baseline trains on the clients' real audio/visual (use msa-site 'clients')")
+        if self.method == "hydiscgan" and self.rounds_align and not (self.lambda_adv or self.lambda_contrastive
+                                                                      or self.lambda_recon):
+            raise ValueError("stage 1 trains G on lambda-adv, lambda-contrastive and lambda-recon: at least one "
+                             "must be > 0 (or skip stage 1 with rounds-align 0)")
+        if self.method != "hydiscgan" and (self.ablation != "none" or self.inference != "z0"):
+            raise ValueError(f"ablation and inference are HyDiscGAN's; method {self.method!r} has no generator "
+                             "(leave them 'none' and 'z0')")
         if self.msa_site == "server" and self.local_components:
             raise ValueError("msa-site 'server' trains G and M on the server; a personalised component "
                              f"({', '.join(self.local_components)}) would never be trained by it")
@@ -207,8 +244,26 @@ class HyDiscGANConfig(BaseModel):
 
     @property
     def total_rounds(self) -> int:
-        """fedavg-multimodal has no alignment stage: it runs rounds-msa rounds and ignores rounds-align."""
-        return self.rounds_msa if self.method == "fedavg-multimodal" else self.rounds_align + self.rounds_msa
+        """The single-stage methods (SINGLE_STAGE) have no alignment stage: they run rounds-msa rounds and
+        ignore rounds-align."""
+        return self.rounds_msa if self.method in SINGLE_STAGE else self.rounds_align + self.rounds_msa
+
+    @property
+    def generator_trains_in_stage2(self) -> bool:
+        """Stage 2 fine-tunes G through M's loss (and the frozen-D term), unless G is frozen or never reaches M."""
+        return self.ablation == "none"
+
+    @property
+    def uses_discriminator(self) -> bool:
+        """Whether a loss term reads D's verdict: stage 1's adversarial term or stage 2's frozen-D term. When
+        none does, D is not trained (nor its real/fake loss computed)."""
+        return self.lambda_adv > 0 or (self.lambda_adv_msa > 0 and self.generator_trains_in_stage2)
+
+    @property
+    def inference_draws(self) -> tuple[str, int]:
+        """The inference mode ("z0", "mean-pred", "mean-fake") and its number of noise draws K (1 for z0)."""
+        mode, _, draws = self.inference.partition(":")
+        return mode, int(draws or 1)
 
     @property
     def local_components(self) -> tuple[str, ...]:
@@ -258,9 +313,10 @@ def stage_of_round(server_round: int, rounds_align: int, method: str, msa_site: 
     """Rounds 1..rounds-align align the modalities; the rest train the MSA model, on the clients
     ("msa") or, with msa-site "server", on the server (SERVER_STAGE).
 
-    fedavg-multimodal trains M(t, a, v) on real audio/visual in every round (stage "multimodal")."""
-    if method == "fedavg-multimodal":
-        return "multimodal"
+    The single-stage methods run their one stage in every round: fedavg-multimodal trains M(t, a, v) on real
+    audio/visual ("multimodal"), distill and multitask the text model of M's family ("distill", "multitask")."""
+    if method in SINGLE_STAGE:
+        return SINGLE_STAGE[method]
     if server_round <= rounds_align:
         return "align"
     return SERVER_STAGE if msa_site == "server" else "msa"

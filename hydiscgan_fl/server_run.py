@@ -6,6 +6,8 @@ opens no audio or video file (see hydiscgan_fl.data for what each dataset spec r
 visual array ever exists in the ServerApp process. The one exception is the privacy-VIOLATING
 fedavg-multimodal baseline (method "fedavg-multimodal"): its M(t, a, v) is selected and tested on real
 audio/visual, so its server loads every modality and keeps those of the validation and test splits.
+The privileged-information baselines (method "distill", "multitask") federate the text-only model of M's
+family (under M's name) and are tested from text alone, like HyDiscGAN.
 
 Model selection: after every round the server evaluates on the validation speakers (carved from the
 training speakers, on no client; valid-fraction) and on the test speakers, and writes both to
@@ -30,7 +32,16 @@ import torch
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
 from hydiscgan_fl.metrics import ValidationSelection, summary_metrics
-from hydiscgan_fl.models import GENERATOR, MSA, VideoLayout, build_shared_models, needs_context, parameter_counts
+from hydiscgan_fl.models import (
+    GENERATOR,
+    MSA,
+    StudentModels,
+    VideoLayout,
+    build_federated_models,
+    build_shared_models,
+    needs_context,
+    parameter_counts,
+)
 from hydiscgan_fl.models.steps import StepTensors
 from hydiscgan_fl.run_files import RunDirectory, load_state
 from hydiscgan_fl.training import (
@@ -158,27 +169,34 @@ class ServerRun:
         return to_tensors(part, self.device, tensor_view(self.cfg))
 
     def initial_state(self) -> dict[str, torch.Tensor]:
-        """G and M; M alone for fedavg-multimodal (it has no generator); the saved ones when resuming."""
+        """G and M; M alone for fedavg-multimodal (it has no generator); the text model (as M) for distill and
+        multitask; the saved ones when resuming."""
         if self.resumed:
             return dict(self.resumed["arrays"])
-        state = build_shared_models(self.dims, self.cfg, self.cfg.seed).state_dict()
+        state = build_federated_models(self.dims, self.cfg, self.cfg.seed).state_dict()
         if self.test_multimodal is not None:
             return {key: value for key, value in state.items() if key.startswith("msa.")}
         return state
 
     def evaluate(self, state: dict[str, torch.Tensor], split: str = "test") -> dict[str, float]:
-        """Metrics on the held-out speakers of `split` ("valid" or "test"): y_hat = M(t, G(t, 0)) from text
-        only for HyDiscGAN; y_hat = M(t, a, v) on real audio/visual for the fedavg-multimodal baseline.
+        """Metrics on the held-out speakers of `split` ("valid" or "test"): from text only for HyDiscGAN
+        (y_hat = M(t, G(t, z)) as the run's `inference` says; the draws of z seeded by `seed`) and for the
+        distill and multitask baselines (their text model); y_hat = M(t, a, v) on real audio/visual for the
+        fedavg-multimodal baseline.
 
         With a personalised ("local") component the server holds no model that clients use (its copy is
         the last global one, never trained further): it reports no metrics rather than wrong ones."""
         if self.cfg.local_components:
             return {}
         text = {"valid": self.valid, "test": self.test}[split]
-        shared = build_shared_models(self.dims, self.cfg, self.cfg.seed).to(self.device)
-        if self.test_multimodal is None:
+        shared = build_federated_models(self.dims, self.cfg, self.cfg.seed).to(self.device)
+        if isinstance(shared, StudentModels):
             shared.load_state_dict(state)
-            preds = predict(shared, text.text, self.label_kind, text.layout, text.steps)
+            preds = predict_text_only(shared.msa, text.msa_text, self.label_kind, text.layout)
+        elif self.test_multimodal is None:
+            shared.load_state_dict(state)
+            preds = predict(shared, text.text, self.label_kind, text.layout, text.steps, self.cfg.inference_draws,
+                            self.cfg.seed)
         else:
             real = {"valid": self.valid_multimodal, "test": self.test_multimodal}[split]
             shared.msa.load_state_dict({key.removeprefix("msa."): value for key, value in state.items()})

@@ -5,7 +5,8 @@ Global state is one ArrayRecord holding the shared components with prefixed keys
 sends and aggregates G and M, on the clients (msa-site "clients") or, with msa-site "server", runs on
 the server alone (stage "server-msa": `server_stage` trains M and fine-tunes G on the server's text and
 labels; no client is contacted). The fedavg-multimodal baseline has one stage, "multimodal", in every
-round: it sends and aggregates M only, which the clients train on their real audio/visual.
+round: it sends and aggregates M only, which the clients train on their real audio/visual. The distill and
+multitask baselines likewise have one stage of their own name and send M only (there the text model).
 
 As in Flower's own strategies, `configure_train` and `aggregate_train` are short flows over helpers
 that are tested alone: sampling (strategies.sampling), the known-ids handshake (strategies.handshake),
@@ -33,7 +34,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from hydiscgan_fl.config import LOCAL_RULE, METHODS, SERVER_STAGE, HyDiscGANConfig, stage_of_round
+from hydiscgan_fl.config import LOCAL_RULE, METHODS, SERVER_STAGE, SINGLE_STAGE, HyDiscGANConfig, stage_of_round
 from hydiscgan_fl.privacy.ledger import PrivacyLedger
 from hydiscgan_fl.privacy.reply_metrics import WEIGHT_KEY
 from strategies.aggregation import ComponentAggregator, capped_weights, load_rule_state, make_rule, rule_state
@@ -73,7 +74,8 @@ class HyDiscGANStrategy(Strategy):
     fraction_train : share of the connected nodes sampled each round.
     min_train_replies : a round with fewer valid replies stops the run with TooFewRepliesError.
     min_available_nodes : wait for this many nodes before the first round.
-    method : "hydiscgan" (two stages) or "fedavg-multimodal" (stage "multimodal" in every round).
+    method : "hydiscgan" (two stages), or a single-stage baseline (config.SINGLE_STAGE): "fedavg-multimodal"
+        (stage "multimodal"), "distill" or "multitask" (stages of the same names; M is the text model).
     known_ids : the training utterance ids of the server's text, sent once to each node (handshake).
     seed : seeds the sampling of clients (without DP; under speaker-level DP the sampling is secret).
     client_state : a name under which clients save their private state every round (for resume); "" = none.
@@ -156,8 +158,8 @@ class HyDiscGANStrategy(Strategy):
     def summary(self) -> None:
         rule = ", ".join([f"{name}: {type(agg.rule).__name__}" for name, agg in self.aggregators.items()]
                          + [f"{name}: local" for name in self.local_components])
-        if self.method == "fedavg-multimodal":
-            stages = "fedavg-multimodal baseline: M(t, a, v) trained on real audio/visual in every round"
+        if self.method in SINGLE_STAGE:
+            stages = f"{self.method} baseline: stage {SINGLE_STAGE[self.method]!r} in every round"
         else:
             stages = f"{self.rounds_align} alignment round(s), then MSA rounds on the {self.msa_site}"
         log(INFO, "HyDiscGAN strategy: %s; rules %s; fraction_train=%.2f, min_train_replies=%d",

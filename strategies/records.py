@@ -11,7 +11,8 @@ from flwr.app import Array, ArrayRecord
 from hydiscgan_fl.config import SERVER_STAGE
 
 # What each stage sends to the clients (the server's own stage sends nothing).
-STAGE_COMPONENTS = {"align": ("generator",), "msa": ("generator", "msa"), "multimodal": ("msa",), SERVER_STAGE: ()}
+STAGE_COMPONENTS = {"align": ("generator",), "msa": ("generator", "msa"), "multimodal": ("msa",),
+                    "distill": ("msa",), "multitask": ("msa",), SERVER_STAGE: ()}
 
 
 def component_arrays(arrays: ArrayRecord, component: str) -> ArrayRecord:

@@ -1,5 +1,6 @@
 """What leaves a client, key by key: the exact array keys and metric keys of every reply, for every stage,
-DP unit, the speaker adversary, personalised components and the fedavg-multimodal baseline.
+DP unit, the speaker adversary, personalised components, an ablation and the baselines (fedavg-multimodal,
+distill, multitask).
 
 The handlers run on the real MOSI features and the replies go through the server's checks. The expected
 sets are written out here, independently of the allow-list in `hydiscgan_fl.privacy.reply_metrics`:
@@ -17,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from clients import handlers
 from hydiscgan_fl.config import HyDiscGANConfig
-from hydiscgan_fl.models import build_shared_models
+from hydiscgan_fl.models import build_federated_models, build_shared_models
 from strategies import HyDiscGANStrategy
 from strategies.aggregation import component_rules
 from strategies.dp import speaker_level_dp
@@ -31,6 +32,7 @@ NODE_ID = 100 + PARTITION_ID
 WITHOUT_DP_ALIGN = {"num-examples", "train-s"}  # no stage-1 loss: every term reads real audio/video
 WITHOUT_DP_MSA = {"num-examples", "train-s", "loss-task"}  # text, labels, G and M; not D's verdict
 WITHOUT_DP_MULTIMODAL = {"num-examples", "train-s"}  # M(t, a, v) reads real audio/video
+WITHOUT_DP_PRIVILEGED = {"num-examples", "train-s"}  # the student's loss depends on the teacher / auxiliary loss
 SPEAKER_DP = {"num-examples"}
 UTTERANCE_DP = {"num-examples", "epsilon-rdp", "epsilon-prv"}  # from sigma, q, steps: public parameters
 
@@ -50,6 +52,14 @@ CASES = {
     "fedavg-multimodal": ({"method": "fedavg-multimodal"}, [("multimodal", M, WITHOUT_DP_MULTIMODAL)]),
     "fedavg-multimodal-speaker-dp": ({"method": "fedavg-multimodal", "dp_unit": "speaker"},
                                      [("multimodal", M, SPEAKER_DP)]),
+    # The privileged-information baselines: the text model (as M) only; teacher and auxiliary head stay.
+    "distill": ({"method": "distill", "rounds_msa": 2}, [("distill", M, WITHOUT_DP_PRIVILEGED)] * 2),
+    "distill-speaker-dp": ({"method": "distill", "rounds_msa": 2, "dp_unit": "speaker"},
+                           [("distill", M, SPEAKER_DP)]),
+    "multitask": ({"method": "multitask"}, [("multitask", M, WITHOUT_DP_PRIVILEGED)] * 2),
+    "multitask-speaker-dp": ({"method": "multitask", "dp_unit": "speaker"}, [("multitask", M, SPEAKER_DP)]),
+    # Ablations change no key: the same stages, arrays and metrics as HyDiscGAN's.
+    "zero-fakes": ({"ablation": "zero-fakes"}, [("align", G, WITHOUT_DP_ALIGN), ("msa", G + M, WITHOUT_DP_MSA)]),
 }
 
 
@@ -69,7 +79,7 @@ def server_strategy(cfg: HyDiscGANConfig) -> HyDiscGANStrategy:
 def test_every_reply_holds_exactly_the_allowed_keys(task_identity, caplog, case):
     overrides, rounds = CASES[case]
     cfg = HyDiscGANConfig(local_epochs=1, rounds_align=1, **overrides)
-    shared = build_shared_models(cfg.load_dataset().dims, cfg, cfg.seed)
+    shared = build_federated_models(cfg.load_dataset().dims, cfg, cfg.seed)
     parameter_shapes = {key: tuple(value.shape) for key, value in shared.state_dict().items()}
     strategy = server_strategy(cfg)
     arrays = ArrayRecord(shared.state_dict())
@@ -101,7 +111,10 @@ def test_every_reply_holds_exactly_the_allowed_keys(task_identity, caplog, case)
     if cfg.dp_unit == "utterance":
         assert "wdp-loss=" in held and "loss-recon=" in held
     private = set(context.state["private-models"].keys()) if "private-models" in context.state else set()
-    assert cfg.method == "fedavg-multimodal" or any(k.startswith("disc_audio.") for k in private)
+    kept = {"hydiscgan": any(k.startswith("disc_audio.") for k in private), "fedavg-multimodal": True,
+            "distill": handlers.TEACHER_STATE_KEY in context.state,
+            "multitask": handlers.MULTITASK_STATE_KEY in context.state}
+    assert kept[cfg.method]
 
 
 def test_the_generator_actually_trains_so_the_contract_is_about_real_replies(task_identity):

@@ -37,7 +37,7 @@ from hydiscgan_fl.models.registry import (
     parameter_counts,
     reads_steps,
 )
-from hydiscgan_fl.models.shared import SharedModels, build_shared_models
+from hydiscgan_fl.models.shared import SharedModels, StudentModels, build_federated_models, build_shared_models
 from hydiscgan_fl.models.steps import StepTensors
 from hydiscgan_fl.models.video_layout import VideoLayout
 
@@ -62,9 +62,11 @@ __all__ = [
     "GradientReversal",
     "MSAModel",
     "SharedModels",
+    "StudentModels",
     "SpeakerAdversary",
     "TextOnlyModel",
     "build_client_discriminators",
+    "build_federated_models",
     "build_shared_models",
     "build_speaker_adversary",
     "reverse_gradient",

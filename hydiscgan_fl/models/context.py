@@ -23,16 +23,25 @@ class ContextGRU(nn.Module):
         super().__init__()
         self.project = nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout))
         self.gru = nn.GRU(hidden, hidden // 2, batch_first=True, bidirectional=True)
-        self.head = _mlp(hidden + 2 * (hidden // 2), hidden, 1, dropout)
+        self.feature_dim = hidden + 2 * (hidden // 2)
+        self.head = _mlp(self.feature_dim, hidden, 1, dropout)
 
-    def read(self, rows: torch.Tensor, layout: VideoLayout | None) -> torch.Tensor:
+    def features(self, rows: torch.Tensor, layout: VideoLayout | None) -> torch.Tensor:
+        """(N, feature_dim) per utterance: its video's GRU state beside its own projection (what the head
+        reads; the multitask baseline's auxiliary head reads it too)."""
         if layout is None:
             raise ValueError("the context-gru model reads whole videos: it needs the VideoLayout of its rows")
         projected = self.project(rows)
         padded = layout.pad(projected)
         packed = pack_padded_sequence(padded, layout.lengths.cpu(), batch_first=True, enforce_sorted=False)
         context, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=padded.shape[1])
-        return self.head(torch.cat([layout.unpad(context), projected], dim=1)).squeeze(1)
+        return torch.cat([layout.unpad(context), projected], dim=1)
+
+    def readout(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features).squeeze(1)
+
+    def read(self, rows: torch.Tensor, layout: VideoLayout | None) -> torch.Tensor:
+        return self.readout(self.features(rows, layout))
 
 
 class ContextGRUMSA(ContextGRU):

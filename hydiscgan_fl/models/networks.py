@@ -107,9 +107,17 @@ class TextOnlyModel(nn.Module):
         proj = hidden // 2
         self.proj_text = nn.Sequential(nn.Linear(text_dim, proj), nn.LayerNorm(proj), nn.GELU())
         self.head = _mlp(proj, hidden, 1, dropout)
+        self.feature_dim = proj
 
-    def forward(self, text: torch.Tensor, layout=None) -> torch.Tensor:  # noqa: ANN001 - ignored, as in MSAModel
-        return self.head(self.proj_text(text)).squeeze(1)
+    def features(self, text: torch.Tensor, layout=None) -> torch.Tensor:  # noqa: ANN001 - ignored, as in MSAModel
+        """(N, feature_dim): what the head reads (the multitask baseline's auxiliary head reads it too)."""
+        return self.proj_text(text)
+
+    def readout(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features).squeeze(1)
+
+    def forward(self, text: torch.Tensor, layout=None) -> torch.Tensor:  # noqa: ANN001
+        return self.readout(self.features(text, layout))
 
 
 def build_client_discriminators(dims: dict[str, int], cfg: HyDiscGANConfig, seed: int) -> ClientDiscriminators:

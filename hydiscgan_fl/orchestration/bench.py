@@ -7,6 +7,13 @@ the alignment stage is extra for the GAN methods):
 
 - text-only           central, text only at train and test time;
 - hydiscgan           federated HyDiscGAN (the main job, through Flower's simulation), text only at test;
+- hydiscgan-<ablation>  federated HyDiscGAN with one ingredient removed (ABLATIONS, docs/ablations.md):
+                      no-adv, no-contrastive, no-recon, no-adv-msa (that loss weight 0), frozen-g (G frozen
+                      after stage 1), zero-fakes (M fed zeros instead of G(t)), no-align (stage 1 skipped);
+- hydiscgan-mean-pred, hydiscgan-mean-fake  federated HyDiscGAN tested with the mean of K=10 predictions over
+                      sampled z, or M on the mean of K=10 fakes (run-config inference), instead of z = 0;
+- distill             federated text model, each client distilling its own multimodal teacher into it;
+- multitask           federated text model that also predicts the client's audio/visual from text;
 - hydiscgan-central   HyDiscGAN's models and losses with all training data in one place;
 - fedavg-multimodal   federated M(t, a, v) with FedAvg, real audio/visual at test (violates the privacy goal);
 - central-multimodal  central M(t, a, v) on real audio/visual (the privacy-violating upper bound).
@@ -54,11 +61,25 @@ from hydiscgan_fl.training.central import generated_features, real_features, run
 
 # Most privacy-preserving first; the federated ones are the run-config `method` of the same name, or a
 # variant of HyDiscGAN with the run-config keys of FEDERATED_VARIANTS.
-METHODS = ("text-only", "hydiscgan", "hydiscgan-server-msa", "hydiscgan-float16", "hydiscgan-central",
-           "fedavg-multimodal", "central-multimodal")
+# HyDiscGAN with one ingredient removed: the run-config keys that remove it (docs/ablations.md).
+ABLATIONS = {"hydiscgan-no-adv": {"lambda-adv": 0.0},
+             "hydiscgan-no-contrastive": {"lambda-contrastive": 0.0},
+             "hydiscgan-no-recon": {"lambda-recon": 0.0},
+             "hydiscgan-no-adv-msa": {"lambda-adv-msa": 0.0},
+             "hydiscgan-frozen-g": {"ablation": "frozen-generator"},
+             "hydiscgan-zero-fakes": {"ablation": "zero-fakes"},
+             "hydiscgan-no-align": {"rounds-align": 0}}
+# HyDiscGAN's inference-time choices other than z = 0 (run-config inference).
+INFERENCES = {"hydiscgan-mean-pred": {"inference": "mean-pred:10"},
+              "hydiscgan-mean-fake": {"inference": "mean-fake:10"}}
+METHODS = ("text-only", "hydiscgan", *ABLATIONS, *INFERENCES, "hydiscgan-server-msa", "hydiscgan-float16",
+           "hydiscgan-central", "distill", "multitask", "fedavg-multimodal", "central-multimodal")
 FEDERATED_VARIANTS = {"hydiscgan": {"method": "hydiscgan"},
+                      **{name: {"method": "hydiscgan", **keys} for name, keys in {**ABLATIONS, **INFERENCES}.items()},
                       "hydiscgan-server-msa": {"method": "hydiscgan", "msa-site": "server"},
                       "hydiscgan-float16": {"method": "hydiscgan", "transport-dtype": "float16"},
+                      "distill": {"method": "distill"},
+                      "multitask": {"method": "multitask"},
                       "fedavg-multimodal": {"method": "fedavg-multimodal"}}
 FEDERATED_METHODS = tuple(FEDERATED_VARIANTS)
 METRIC_COLUMNS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr", "acc2", "f1")
@@ -264,13 +285,16 @@ def federated_row(federation: LocalFederation, method: str, cfg: HyDiscGANConfig
     outcome = federation.run(run_config, num_clients, progress=RoundProgress(label))
     summary = json.loads((outcome.run_dir / "summary.json").read_text())
     train = _train_tensors(cfg)
-    if FEDERATED_VARIANTS[method]["method"] == "hydiscgan":  # G of the validation-selected round
+    variant = FEDERATED_VARIANTS[method]
+    if variant["method"] == "fedavg-multimodal":
+        features = real_features(train)
+    elif variant["method"] == "hydiscgan" and variant.get("ablation") != "zero-fakes":  # G of the selected round
         checkpoint = torch.load(outcome.run_dir / "checkpoint.pt", weights_only=True)
         shared = build_shared_models(checkpoint["dims"], HyDiscGANConfig.from_run_config(checkpoint["config"]), 0)
         shared.generator.load_state_dict(checkpoint["generator"])
         features = generated_features(shared.generator.to(train.text.device), train.text)
-    else:
-        features = real_features(train)
+    else:  # M reads text only (and zeros): distill, multitask, zero-fakes
+        features = train.text.cpu().numpy()
     return {**{key: summary[key] for key in METRIC_COLUMNS if key in summary},
             "selected_step": summary["selected_round"], **_attack(features, cfg), **client_cost(outcome.run_dir)}
 
@@ -440,8 +464,8 @@ NOTES = (
     "- acc2/f1: binary labels are scored directly; for continuous labels they are the non0 versions "
     "(negative vs positive, zeros excluded), as in recent MSA papers; has0/non0, acc5/acc7, mae and corr "
     "follow MMSA's metricsTop. Regression columns are empty on binary labels.",
-    "- text-only, hydiscgan and hydiscgan-central use only text at test time; fedavg-multimodal and "
-    "central-multimodal need the real audio/visual of the test utterances (they violate the privacy goal).",
+    "- text-only, the hydiscgan methods, distill and multitask use only text at test time; fedavg-multimodal "
+    "and central-multimodal need the real audio/visual of the test utterances (they violate the privacy goal).",
     "- speaker_attack_acc: a speaker-identification MLP trained on what the method consumes at inference "
     "(text; G(t, 0) = fake audio‖visual; or the real audio‖visual), on the training speakers' utterances, "
     "tested on held-out utterances of the same speakers; speaker_attack_chance is the majority-class rate. "

@@ -10,7 +10,9 @@ only if a DP mechanism covers it. Arrays are governed separately (exactly the co
   all public parameters. The Wasserstein figure `wdp-loss` is computed from distances between
   per-utterance gradients, un-noised: it stays on the client (its log).
 * Losses: stage 1 ("align") reads real audio/video in every term, so its losses never leave. The
-  fedavg-multimodal baseline's `loss-task` is M(t, a, v) on real audio/video: never. Stage 2 ("msa")
+  fedavg-multimodal baseline's `loss-task` is M(t, a, v) on real audio/video: never. Nor do the distill
+  and multitask baselines' losses: the student's trajectory depends on the teacher or the auxiliary loss,
+  both computed from real audio/video. Stage 2 ("msa")
   `loss-task` is computed from text, labels and the shared G and M, and leaves without DP only; its
   `loss-gen-adv` is the client's private discriminators' verdict on G(t): never. Under DP no loss
   leaves at all (the local trajectory of a stage-2 round depends on D, which speaker-level DP does not
@@ -30,7 +32,7 @@ TIMING_KEY = "train-s"
 EPSILON_KEYS = frozenset({"epsilon-rdp", "epsilon-prv"})
 
 #: (stage, dp-unit) -> the metric keys a reply may carry. A pair not listed is a configuration that
-#: cannot run (the fedavg-multimodal baseline has no utterance-level DP).
+#: cannot run (the single-stage baselines have no utterance-level DP).
 ALLOWED_REPLY_METRICS: dict[tuple[str, str], frozenset[str]] = {
     ("align", "none"): frozenset({WEIGHT_KEY, TIMING_KEY}),
     ("align", "speaker"): frozenset({WEIGHT_KEY}),
@@ -40,6 +42,10 @@ ALLOWED_REPLY_METRICS: dict[tuple[str, str], frozenset[str]] = {
     ("msa", "utterance"): frozenset({WEIGHT_KEY}) | EPSILON_KEYS,
     ("multimodal", "none"): frozenset({WEIGHT_KEY, TIMING_KEY}),
     ("multimodal", "speaker"): frozenset({WEIGHT_KEY}),
+    ("distill", "none"): frozenset({WEIGHT_KEY, TIMING_KEY}),
+    ("distill", "speaker"): frozenset({WEIGHT_KEY}),
+    ("multitask", "none"): frozenset({WEIGHT_KEY, TIMING_KEY}),
+    ("multitask", "speaker"): frozenset({WEIGHT_KEY}),
 }
 
 _log = logging.getLogger("hydiscgan_fl.client")

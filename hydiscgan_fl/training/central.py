@@ -129,9 +129,12 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
         if cfg.stage_of_round(server_round) == "align":
             local_alignment(shared, private, train, cfg, cfg.local_epochs, seed)
         else:
-            local_msa(shared, private, train, cfg, cfg.local_epochs, seed, label_kind, videos=videos)
+            # no frozen-D term without a D trained in stage 1 (rounds-align 0), as on a federated client
+            local_msa(shared, private if cfg.rounds_align else None, train, cfg, cfg.local_epochs, seed, label_kind,
+                      videos=videos)
         if report("round", server_round, cfg.total_rounds,
-                  lambda split, layout: predict(shared, split.text, label_kind, layout, split.steps.get("text"))):
+                  lambda split, layout: predict(shared, split.text, label_kind, layout, split.steps.get("text"),
+                                                cfg.inference_draws, cfg.seed)):
             selected_generator = copy.deepcopy(shared.generator.state_dict())
     shared.generator.load_state_dict(selected_generator)
     return result(generated_features(shared.generator, train.text))

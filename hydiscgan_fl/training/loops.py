@@ -68,6 +68,8 @@ def local_alignment(
     device = data.text.device
     shared.train()
     private.train()
+    # D and E are trained only for a term that reads them (ablations set the others' weights to 0)
+    trains_private = cfg.uses_discriminator or cfg.lambda_contrastive > 0
     opt_d = _adam(private.parameters(), cfg.lr_discriminator, cfg)
     g_modules = nn.ModuleList([shared.generator])
     g_groups = [{"params": shared.generator.parameters(), "lr": cfg.lr_generator}]
@@ -87,7 +89,8 @@ def local_alignment(
                 raise ValueError("FedProx's proximal term is not a per-utterance loss: it cannot run under "
                                  "utterance-level DP")
             dp = stack.enter_context(UtteranceDP(cfg, len(data), ledger))
-            opt_d = dp.make_private(private, opt_d)
+            if trains_private:
+                opt_d = dp.make_private(private, opt_d)
             opt_g = dp.make_private(g_modules, opt_g)
         for _ in range(epochs):
             if dp is None:  # both steps on the same shuffled minibatch
@@ -96,12 +99,12 @@ def local_alignment(
                 pairs = list(zip(dp.epoch(), dp.epoch()))
             for d_index, g_index in pairs:
                 noise = shared.generator.sample_noise(len(d_index), rng).to(device)
-                if dp is not None:
+                if trains_private and dp is not None:
                     dp.activate(opt_d)
-                if len(d_index):
+                if trains_private and len(d_index):
                     batch = data.rows(d_index.to(device))
                     _record(history, discriminator_step(shared, private, batch, opt_d, cfg, noise))
-                else:
+                elif trains_private:
                     dp.noise_only_step(opt_d)
                 if g_index is not d_index:
                     noise = shared.generator.sample_noise(len(g_index), rng).to(device)
@@ -135,19 +138,19 @@ def local_msa(
     videos: Videos | None = None,
 ) -> dict[str, float]:
     """Stage 2 on one client: train M and fine-tune G with the discriminators frozen (batches of whole
-    `videos` when M needs context)."""
+    `videos` when M needs context). `private` None: no frozen-D term (the server's stage 2, or a client that
+    holds no D trained in stage 1). Under the frozen-generator and zero-fakes ablations G is not trained."""
     rng = _seeded(seed)
     shared.train()
     if private is not None:
         private.eval()
         private.requires_grad_(False)
-    optimizer = torch.optim.Adam(
-        [
-            {"params": shared.generator.parameters(), "lr": cfg.lr_generator},
-            {"params": shared.msa.parameters(), "lr": cfg.lr_msa},
-        ],
-        weight_decay=cfg.weight_decay,
-    )
+    groups = [{"params": shared.msa.parameters(), "lr": cfg.lr_msa}]
+    if cfg.generator_trains_in_stage2:
+        groups.insert(0, {"params": shared.generator.parameters(), "lr": cfg.lr_generator})
+    else:
+        shared.generator.eval()  # frozen: the G of stage 1, as at test time
+    optimizer = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
     anchors = [p.detach().clone() for p in shared.parameters()] if proximal_mu > 0 else None
     history: dict[str, list[float]] = defaultdict(list)
     try:
@@ -207,11 +210,26 @@ def _scores(outputs: torch.Tensor, label_kind: str) -> np.ndarray:
 
 @torch.no_grad()
 def predict(shared: SharedModels, text: torch.Tensor, label_kind: str, layout: VideoLayout | None = None,
-            msa_text: StepTensors | None = None) -> np.ndarray:
-    """Text-only inference y_hat = M(t, G(t, 0)): probabilities for binary labels, scores otherwise
-    (`msa_text`: the text's steps for a step-reading M)."""
+            msa_text: StepTensors | None = None, inference: tuple[str, int] = ("z0", 1),
+            seed: int = 0) -> np.ndarray:
+    """Text-only inference: probabilities for binary labels, scores otherwise (`msa_text`: the text's steps
+    for a step-reading M). `inference` (the run config's, `HyDiscGANConfig.inference_draws`): ("z0", 1) is
+    M(t, G(t, 0)); ("mean-pred", K) the mean of K predictions M(t, G(t, z_k)); ("mean-fake", K) M(t, mean of
+    K fakes G(t, z_k)); the z_k ~ N(0, I) are drawn from `seed`, so every evaluation of a run uses the same."""
     shared.eval()
-    return _scores(shared.predict(text, layout, msa_text), label_kind)
+    mode, draws = inference
+    if mode == "z0":
+        return _scores(shared.predict(text, layout, msa_text), label_kind)
+    rng = torch.Generator().manual_seed(seed)
+    noises = [shared.generator.sample_noise(text.shape[0], rng).to(text.device) for _ in range(draws)]
+    if mode == "mean-pred":
+        return np.mean([_scores(shared.predict(text, layout, msa_text, noise), label_kind) for noise in noises],
+                       axis=0)
+    if mode == "mean-fake":
+        fakes = [shared.fakes(text, noise) for noise in noises]
+        mean_audio, mean_visual = (torch.stack(parts).mean(dim=0) for parts in zip(*fakes))
+        return _scores(shared.read_fakes(text, mean_audio, mean_visual, layout, msa_text), label_kind)
+    raise ValueError(f"unknown inference mode {mode!r}")
 
 
 @torch.no_grad()

@@ -53,3 +53,11 @@ def sentiment_loss(outputs: torch.Tensor, labels: torch.Tensor, label_kind: str)
 def proximal_term(params: list[torch.Tensor], anchors: list[torch.Tensor], mu: float) -> torch.Tensor:
     """FedProx's (mu/2)·||w - w_global||^2 over the federated parameters."""
     return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, label_kind: str) -> torch.Tensor:
+    """The student's loss towards the teacher's outputs: BCE on logits to the teacher's probabilities for
+    binary labels; L1 to the teacher's scores for continuous ones (the task loss with the teacher as label)."""
+    if label_kind == "binary":
+        return F.binary_cross_entropy_with_logits(student, torch.sigmoid(teacher))
+    return F.l1_loss(student, teacher)

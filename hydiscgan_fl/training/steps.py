@@ -8,6 +8,8 @@ mean of per-utterance losses (see hydiscgan_fl.privacy.dp_sgd).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -39,20 +41,27 @@ def discriminator_step(
     cfg: HyDiscGANConfig,
     noise: torch.Tensor,
 ) -> dict[str, float]:
-    """Train E_a, E_v, D_a, D_v: real vs G-fake, plus the contrastive term that shapes E's space."""
+    """Train E_a, E_v, D_a, D_v: real vs G-fake (when a loss term uses D, `cfg.uses_discriminator`), plus the
+    contrastive term that shapes E's space (when lambda-contrastive > 0). Call only when one of them applies."""
     with torch.no_grad():
         fake_audio, fake_visual = shared.generator(batch.text, noise)
-    real_a, real_v = private.logits(batch.audio, batch.visual, batch.text)
-    fake_a, fake_v = private.logits(fake_audio, fake_visual, batch.text)
-    loss_disc = real_fake_loss(real_a, fake_a) + real_fake_loss(real_v, fake_v)
-    loss_nce = _contrastive(private.encoder_audio(fake_audio), private.encoder_audio(batch.audio), cfg) + (
-        _contrastive(private.encoder_visual(fake_visual), private.encoder_visual(batch.visual), cfg)
-    )
-    loss = loss_disc + cfg.lambda_contrastive * loss_nce
+    loss = fake_audio.new_zeros(())
+    metrics = {}
+    if cfg.uses_discriminator:
+        real_a, real_v = private.logits(batch.audio, batch.visual, batch.text)
+        fake_a, fake_v = private.logits(fake_audio, fake_visual, batch.text)
+        loss_disc = real_fake_loss(real_a, fake_a) + real_fake_loss(real_v, fake_v)
+        loss = loss + loss_disc
+        metrics["loss_disc"] = loss_disc.item()
+    if cfg.lambda_contrastive > 0:
+        loss_nce = _contrastive(private.encoder_audio(fake_audio), private.encoder_audio(batch.audio), cfg) + (
+            _contrastive(private.encoder_visual(fake_visual), private.encoder_visual(batch.visual), cfg)
+        )
+        loss = loss + cfg.lambda_contrastive * loss_nce
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return {"loss_disc": loss_disc.item()}
+    return metrics
 
 
 def generator_alignment_step(
@@ -67,7 +76,8 @@ def generator_alignment_step(
     adversary: SpeakerAdversary | None = None,
     speakers: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Update G: fool D (adversarial) + contrastive alignment in E's space + reconstruction.
+    """Update G: fool D (adversarial) + contrastive alignment in E's space + reconstruction; a term whose
+    weight is 0 (an ablation) is not computed.
 
     With a speaker `adversary` (and the batch's local `speakers` ids), the optimiser also trains the
     adversary on G's fakes; its gradient-reversal layer hands G the reversed, scaled gradient.
@@ -75,18 +85,26 @@ def generator_alignment_step(
     private.requires_grad_(False)  # D and E are fixed here: no gradients (nor Opacus per-sample ones) for them
     try:
         fake_audio, fake_visual = shared.generator(batch.text, noise)
-        fake_a, fake_v = private.logits(fake_audio, fake_visual, batch.text)
-        loss_adv = fool_loss(fake_a) + fool_loss(fake_v)
-        with torch.no_grad():
-            real_emb_a = private.encoder_audio(batch.audio)
-            real_emb_v = private.encoder_visual(batch.visual)
-        loss_nce = _contrastive(private.encoder_audio(fake_audio), real_emb_a, cfg) + (
-            _contrastive(private.encoder_visual(fake_visual), real_emb_v, cfg)
-        )
-        loss_recon = F.mse_loss(fake_audio, batch.audio) + F.mse_loss(fake_visual, batch.visual)
-        loss = cfg.lambda_adv * loss_adv + cfg.lambda_contrastive * loss_nce + cfg.lambda_recon * loss_recon
-        metrics = {"loss_gen_adv": loss_adv.item(), "loss_contrastive": loss_nce.item(),
-                   "loss_recon": loss_recon.item()}
+        loss = fake_audio.new_zeros(())
+        metrics = {}
+        if cfg.lambda_adv > 0:
+            fake_a, fake_v = private.logits(fake_audio, fake_visual, batch.text)
+            loss_adv = fool_loss(fake_a) + fool_loss(fake_v)
+            loss = loss + cfg.lambda_adv * loss_adv
+            metrics["loss_gen_adv"] = loss_adv.item()
+        if cfg.lambda_contrastive > 0:
+            with torch.no_grad():
+                real_emb_a = private.encoder_audio(batch.audio)
+                real_emb_v = private.encoder_visual(batch.visual)
+            loss_nce = _contrastive(private.encoder_audio(fake_audio), real_emb_a, cfg) + (
+                _contrastive(private.encoder_visual(fake_visual), real_emb_v, cfg)
+            )
+            loss = loss + cfg.lambda_contrastive * loss_nce
+            metrics["loss_contrastive"] = loss_nce.item()
+        if cfg.lambda_recon > 0:
+            loss_recon = F.mse_loss(fake_audio, batch.audio) + F.mse_loss(fake_visual, batch.visual)
+            loss = loss + cfg.lambda_recon * loss_recon
+            metrics["loss_recon"] = loss_recon.item()
         if adversary is not None:
             loss_speaker = F.cross_entropy(adversary(fake_audio, fake_visual), speakers)
             loss = loss + loss_speaker
@@ -115,13 +133,16 @@ def msa_step(
 ) -> dict[str, float]:
     """Train M on (t, G(t, z)) and fine-tune G; frozen D keeps the fakes on the real manifold.
 
-    G and D work per utterance; M reads the batch's whole videos through `layout` when it needs context."""
-    fake_audio, fake_visual = shared.generator(batch.text, noise)
-    outputs = shared.msa(batch.msa_input("text"), fake_audio, fake_visual, layout)  # steps of text if M reads them
+    G and D work per utterance; M reads the batch's whole videos through `layout` when it needs context.
+    Ablations: "frozen-generator" runs G without gradients and drops the frozen-D term (it would only move
+    G); "zero-fakes" feeds M zeros (`SharedModels.fakes`), so neither G nor D is involved."""
+    with contextlib.nullcontext() if cfg.generator_trains_in_stage2 else torch.no_grad():
+        fake_audio, fake_visual = shared.fakes(batch.text, noise)
+    outputs = shared.read_fakes(batch.text, fake_audio, fake_visual, layout, batch.steps.get("text"))
     loss_task = sentiment_loss(outputs, batch.labels, label_kind)
     loss = loss_task
     metrics = {"loss_task": loss_task.item()}
-    if private is not None and cfg.lambda_adv_msa > 0.0:
+    if private is not None and cfg.lambda_adv_msa > 0.0 and cfg.generator_trains_in_stage2:
         fake_a, fake_v = private.logits(fake_audio, fake_visual, batch.text)
         loss_adv = fool_loss(fake_a) + fool_loss(fake_v)
         loss = loss + cfg.lambda_adv_msa * loss_adv
