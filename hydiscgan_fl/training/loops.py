@@ -29,18 +29,20 @@ from hydiscgan_fl.training.steps import discriminator_step, generator_alignment_
 from hydiscgan_fl.training.videos import Videos, batches
 
 
-def _adam(params, lr: float, cfg: HyDiscGANConfig) -> torch.optim.Optimizer:
+def adam(params, lr: float, cfg: HyDiscGANConfig) -> torch.optim.Optimizer:
+    """Adam with the run's weight decay (the local loops' optimiser)."""
     return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
-def _seeded(seed: int) -> torch.Generator:
+def seeded(seed: int) -> torch.Generator:
     """Seed torch's global RNG (dropout) and return the generator of minibatch order and noise, so that a
     client's round depends on its seed only, not on what ran before it in the same process."""
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 
-def _mean(history: dict[str, list[float]]) -> dict[str, float]:
+def mean_of_history(history: dict[str, list[float]]) -> dict[str, float]:
+    """Per-key mean of a local loop's step figures."""
     return {key: float(np.mean(values)) for key, values in history.items()}
 
 
@@ -64,13 +66,13 @@ def local_alignment(
     each on its own Poisson batch, recorded in `ledger`; the batches and the noise are then secret
     (`privacy.secret_rng`), so only a run without DP is a function of `seed`.
     """
-    rng = _seeded(seed)
+    rng = seeded(seed)
     device = data.text.device
     shared.train()
     private.train()
     # D and E are trained only for a term that reads them (ablations set the others' weights to 0)
     trains_private = cfg.uses_discriminator or cfg.lambda_contrastive > 0
-    opt_d = _adam(private.parameters(), cfg.lr_discriminator, cfg)
+    opt_d = adam(private.parameters(), cfg.lr_discriminator, cfg)
     g_modules = nn.ModuleList([shared.generator])
     g_groups = [{"params": shared.generator.parameters(), "lr": cfg.lr_generator}]
     if adversary is not None:
@@ -118,7 +120,7 @@ def local_alignment(
                     _record(history, step)
                 else:
                     dp.noise_only_step(opt_g)
-    return _mean(history)
+    return mean_of_history(history)
 
 
 def _record(history: dict[str, list[float]], step: dict[str, float]) -> None:
@@ -140,7 +142,7 @@ def local_msa(
     """Stage 2 on one client: train M and fine-tune G with the discriminators frozen (batches of whole
     `videos` when M needs context). `private` None: no frozen-D term (the server's stage 2, or a client that
     holds no D trained in stage 1). Under the frozen-generator and zero-fakes ablations G is not trained."""
-    rng = _seeded(seed)
+    rng = seeded(seed)
     shared.train()
     if private is not None:
         private.eval()
@@ -163,7 +165,7 @@ def local_msa(
     finally:
         if private is not None:
             private.requires_grad_(True)
-    return _mean(history)
+    return mean_of_history(history)
 
 
 def train_multimodal(
@@ -182,8 +184,8 @@ def train_multimodal(
     A fedavg-multimodal client's round (its own data, epochs = local-epochs) and the central-multimodal
     baseline (all training data). `on_epoch(epoch, msa)` is called after each epoch. Returns mean losses.
     """
-    rng = _seeded(seed)
-    optimizer = _adam(msa.parameters(), cfg.lr_msa, cfg)
+    rng = seeded(seed)
+    optimizer = adam(msa.parameters(), cfg.lr_msa, cfg)
     anchors = [p.detach().clone() for p in msa.parameters()] if proximal_mu > 0 else None
     history: dict[str, list[float]] = defaultdict(list)
     for epoch in range(epochs):
@@ -200,7 +202,7 @@ def train_multimodal(
             history["loss_task"].append(loss_task.item())
         if on_epoch is not None:
             on_epoch(epoch + 1, msa)
-    return _mean(history)
+    return mean_of_history(history)
 
 
 def _scores(outputs: torch.Tensor, label_kind: str) -> np.ndarray:
@@ -259,7 +261,7 @@ def train_text_only(
     each epoch; `videos` when the family needs context."""
     torch.manual_seed(seed)
     model = build_text_only_model(input_dim(text), cfg).to(text.device)
-    optimizer = _adam(model.parameters(), cfg.lr_msa, cfg)
+    optimizer = adam(model.parameters(), cfg.lr_msa, cfg)
     rng = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         model.train()

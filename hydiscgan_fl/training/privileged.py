@@ -21,7 +21,7 @@ from torch import nn
 
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.training.data import UtteranceTensors
-from hydiscgan_fl.training.loops import _adam, _mean, _seeded
+from hydiscgan_fl.training.loops import adam, mean_of_history, seeded
 from hydiscgan_fl.training.losses import distillation_loss, proximal_term, sentiment_loss
 from hydiscgan_fl.training.videos import Videos, batches
 
@@ -45,9 +45,9 @@ def local_distill(
 ) -> dict[str, float]:
     """One distill round on a client: the text student B(t) on the task loss plus lambda-distill times the
     distillation loss towards the frozen teacher's M(t, a, v) outputs. Returns mean losses."""
-    rng = _seeded(seed)
+    rng = seeded(seed)
     teacher.eval()
-    optimizer = _adam(student.parameters(), cfg.lr_msa, cfg)
+    optimizer = adam(student.parameters(), cfg.lr_msa, cfg)
     anchors = [p.detach().clone() for p in student.parameters()] if proximal_mu > 0 else None
     history: dict[str, list[float]] = defaultdict(list)
     student.train()
@@ -69,7 +69,7 @@ def local_distill(
             loss.backward()
             optimizer.step()
             history["loss_task"].append(loss_task.item())
-    return _mean(history)
+    return mean_of_history(history)
 
 
 def local_multitask(
@@ -86,8 +86,8 @@ def local_multitask(
     """One multitask round on a client: the text model on the task loss plus lambda-multitask times the
     mean squared error of `head(model.features(t))` to the real standardised audio‖visual. The head is
     trained with the model (same optimiser settings) and stays on the client. Returns mean losses."""
-    rng = _seeded(seed)
-    optimizer = _adam([*model.parameters(), *head.parameters()], cfg.lr_msa, cfg)
+    rng = seeded(seed)
+    optimizer = adam([*model.parameters(), *head.parameters()], cfg.lr_msa, cfg)
     anchors = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     history: dict[str, list[float]] = defaultdict(list)
     model.train()
@@ -108,4 +108,4 @@ def local_multitask(
             loss.backward()
             optimizer.step()
             history["loss_task"].append(loss_task.item())
-    return _mean(history)
+    return mean_of_history(history)
