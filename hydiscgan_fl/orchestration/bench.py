@@ -74,6 +74,8 @@ INFERENCES = {"hydiscgan-mean-pred": {"inference": "mean-pred:10"},
               "hydiscgan-mean-fake": {"inference": "mean-fake:10"}}
 METHODS = ("text-only", "hydiscgan", *ABLATIONS, *INFERENCES, "hydiscgan-server-msa", "hydiscgan-float16",
            "hydiscgan-central", "distill", "multitask", "fedavg-multimodal", "central-multimodal")
+# What a bench without --methods runs: HyDiscGAN against its baselines; ablations and variants on request.
+DEFAULT_METHODS = ("text-only", "hydiscgan", "hydiscgan-central", "fedavg-multimodal", "central-multimodal")
 FEDERATED_VARIANTS = {"hydiscgan": {"method": "hydiscgan"},
                       **{name: {"method": "hydiscgan", **keys} for name, keys in {**ABLATIONS, **INFERENCES}.items()},
                       "hydiscgan-server-msa": {"method": "hydiscgan", "msa-site": "server"},
@@ -105,8 +107,8 @@ def register(subparsers) -> None:
     parser.add_argument("--dataset", default="mosi-bclstm",
                         help="mosi-bclstm, synthetic or mmsa:<path to .pkl> (default: %(default)s)")
     parser.add_argument("--data-dir", default="", help="folder holding mosi-bclstm/ (default: the checkout's data/)")
-    parser.add_argument("--methods", type=_method_list, default=METHODS,
-                        help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    parser.add_argument("--methods", type=_method_list, default=DEFAULT_METHODS,
+                        help=f"comma-separated subset of {','.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--msa-models", type=_model_list, default=(HyDiscGANConfig().msa_model,),
                         help="comma-separated MSA models (run-config msa-model: registry names such as "
                              f"{','.join(MSA_MODELS.entries)}, or 'package.module:NAME'); every method runs with "
