@@ -188,3 +188,24 @@ def test_affect_config_refuses_what_does_not_fit(overrides, message):
 def test_affect_rounds_are_one_stage():
     cfg = HyDiscGANConfig.from_run_config({**AFFECT, "rounds-msa": 3})
     assert cfg.total_rounds == 3 and [cfg.stage_of_round(r) for r in (1, 3)] == ["affect", "affect"]
+
+
+# -- the unweighted mean rule ------------------------------------------------------------------------------
+def test_mean_rule_ignores_the_number_of_examples(task_identity):
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.common import Metadata
+
+    from strategies.aggregation import ComponentAggregator, make_rule
+
+    def reply(value: float, examples: int, node: int) -> tuple:
+        arrays = ArrayRecord({"msa.w": torch.full((2,), value)})
+        meta = Metadata(run_id=1, message_id="", src_node_id=node, dst_node_id=0, reply_to_message_id="m",
+                        group_id="", created_at=0.0, ttl=60.0, message_type="train")
+        return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": examples})}),
+                       metadata=meta), arrays, examples
+
+    replies = [reply(0.0, 1, 1), reply(3.0, 99, 2)]
+    mean = ComponentAggregator("msa", make_rule("mean")).aggregate(1, replies)
+    weighted = ComponentAggregator("msa", make_rule("fedavg")).aggregate(1, replies)
+    assert np.allclose(mean["msa.w"].numpy(), 1.5)
+    assert np.allclose(weighted["msa.w"].numpy(), 3.0 * 99 / 100)
