@@ -209,3 +209,30 @@ def test_mean_rule_ignores_the_number_of_examples(task_identity):
     weighted = ComponentAggregator("msa", make_rule("fedavg")).aggregate(1, replies)
     assert np.allclose(mean["msa.w"].numpy(), 1.5)
     assert np.allclose(weighted["msa.w"].numpy(), 3.0 * 99 / 100)
+
+
+# -- the benchmark's pieces ------------------------------------------------------------------------------
+def test_window_statistics_by_hand_over_valid_frames_only():
+    from hydiscgan_fl.orchestration.affect_bench import window_statistics
+
+    frames = np.array([[[1.0], [3.0], [100.0]]])  # the third frame is not valid
+    stats = window_statistics(frames, np.array([[True, True, False]]))
+    assert stats.tolist() == [[2.0, 1.0]]
+
+
+def test_affect_report_gives_intervals_paired_differences_and_the_identity_table(tmp_path):
+    from hydiscgan_fl.orchestration.affect_bench import COLUMNS, write_affect_report
+    from hydiscgan_fl.orchestration.result_table import append_row
+
+    (tmp_path / "bench.json").write_text("{}")
+    for seed, (central, federated) in enumerate([(0.5, 0.52), (0.6, 0.61), (0.55, 0.58)]):
+        for method, value in (("central", central), ("federated", federated)):
+            append_row(tmp_path / "summary.csv", {"dataset": "affect-synthetic", "method": method, "model": "gru",
+                                                  "seed": seed, "ccc_valence": value, "ccc_arousal": value,
+                                                  "ccc_mean": value, "mse": 0.1, "selected_step": 1, "wall_s": 1.0},
+                       COLUMNS)
+    attack = {"raw AU": {"speaker_attack_acc": 0.9, "speaker_attack_chance": 0.1}}
+    text = write_affect_report(tmp_path, attack)
+    assert "| gru | federated | 3 | 0.570 ± 0.046 [0.456, 0.684]" in text  # std of 0.52, 0.61, 0.58
+    assert "| gru | +0.020 [" in text  # mean of 0.02, 0.01, 0.03
+    assert "| raw AU | 0.900 | 0.100 |" in text
