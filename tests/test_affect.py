@@ -234,5 +234,5 @@ def test_affect_report_gives_intervals_paired_differences_and_the_identity_table
     attack = {"raw AU": {"speaker_attack_acc": 0.9, "speaker_attack_chance": 0.1}}
     text = write_affect_report(tmp_path, attack)
     assert "| gru | federated | 3 | 0.570 ± 0.046 [0.456, 0.684]" in text  # std of 0.52, 0.61, 0.58
-    assert "| gru | +0.020 [" in text  # mean of 0.02, 0.01, 0.03
+    assert "| gru | +0.020 [-0.005, +0.045] | +0.020 [" in text  # mean of 0.02, 0.01, 0.03
     assert "| raw AU | 0.900 | 0.100 |" in text

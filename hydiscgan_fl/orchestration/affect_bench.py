@@ -150,7 +150,7 @@ def write_affect_report(out: Path, attack: dict[str, dict[str, Any]]) -> str:
     models = list(dict.fromkeys(table["model"]))
     lines = [f"# Affect benchmark ({table['dataset'].iloc[0]})", "",
              f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {_machine()}",
-             f"- settings: {json.loads((out / 'bench.json').read_text())}", "",
+             f"- settings: {_settings_line(json.loads((out / 'bench.json').read_text()))}", "",
              "Test CCC at the step best on the validation participants: mean ± std over seeds [95% interval].", "",
              "| model | method | seeds | CCC valence | CCC arousal | CCC mean | wall s |", "|---|---|---|---|---|---|---|"]
     for model in models:
@@ -160,15 +160,13 @@ def write_affect_report(out: Path, attack: dict[str, dict[str, Any]]) -> str:
                 lines.append(f"| {model} | {method} | {len(rows)} | "
                              + " | ".join(_interval(rows[c]) for c in ("ccc_valence", "ccc_arousal", "ccc_mean"))
                              + f" | {rows['wall_s'].mean():.0f} |")
-    lines += ["", "Paired by seed, federated - central (CCC mean):", "",
-              "| model | difference [95% interval] |", "|---|---|"]
+    lines += ["", "Paired by seed, federated - central [95% interval]:", "",
+              "| model | CCC valence | CCC arousal | CCC mean | seeds |", "|---|---|---|---|---|"]
     for model in models:
-        by_seed = {method: {int(r.seed): float(r.ccc_mean) for r in table[(table["model"] == model)
-                                                                           & (table["method"] == method)].itertuples()}
-                   for method in METHODS}
-        diff = paired_difference(by_seed["federated"], by_seed["central"])
-        if diff["n"]:
-            lines.append(f"| {model} | {diff['mean']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}] (n={diff['n']}) |")
+        diffs = [paired_difference(*(_by_seed(table, model, method, column) for method in ("federated", "central")))
+                 for column in ("ccc_valence", "ccc_arousal", "ccc_mean")]
+        if diffs[0]["n"]:
+            lines.append(f"| {model} | " + " | ".join(_difference(d) for d in diffs) + f" | {diffs[0]['n']} |")
     lines += ["", "Identity attack (participant identification from one window; seed 0):", "",
               "| what the attacker sees | accuracy | chance |", "|---|---|---|"]
     for name, result in attack.items():
@@ -178,11 +176,31 @@ def write_affect_report(out: Path, attack: dict[str, dict[str, Any]]) -> str:
     return text
 
 
+def _by_seed(table: pd.DataFrame, model: str, method: str, column: str) -> dict[int, float]:
+    rows = table[(table["model"] == model) & (table["method"] == method)]
+    return dict(zip(rows["seed"].astype(int), rows[column].astype(float)))
+
+
+def _difference(diff: dict[str, Any]) -> str:
+    if diff["n"] < 2:
+        return f"{diff['mean']:+.3f}"
+    return f"{diff['mean']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
+
+
 def _interval(values: pd.Series) -> str:
     s = mean_interval(values.tolist())
     if s["n"] < 2:
         return f"{s['mean']:.3f}"
     return f"{s['mean']:.3f} ± {s['std']:.3f} [{s['low']:.3f}, {s['high']:.3f}]"
+
+
+# The run-config keys that shape an affect run (bench.json keeps all of them, for resume).
+SHOWN_SETTINGS = ("dataset", "rounds-msa", "local-epochs", "batch-size", "lr-msa", "weight-decay", "dropout",
+                  "aggregation", "valid-fraction", "affect-layers", "affect-hidden", "affect-loss", "affect-window")
+
+
+def _settings_line(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={settings[key]}" for key in SHOWN_SETTINGS if key in settings)
 
 
 def _machine() -> str:
