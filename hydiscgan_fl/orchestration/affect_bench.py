@@ -152,7 +152,8 @@ def write_affect_report(out: Path, attack: dict[str, dict[str, Any]]) -> str:
              f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {_machine()}",
              f"- settings: {_settings_line(json.loads((out / 'bench.json').read_text()))}", "",
              "Test CCC at the step best on the validation participants: mean ± std over seeds [95% interval].", "",
-             "| model | method | seeds | CCC valence | CCC arousal | CCC mean | wall s |", "|---|---|---|---|---|---|---|"]
+             "| model | method | seeds | CCC valence | CCC arousal | CCC mean | wall s |",
+             "|---|---|---|---|---|---|---|"]
     for model in models:
         for method in METHODS:
             rows = table[(table["model"] == model) & (table["method"] == method)]

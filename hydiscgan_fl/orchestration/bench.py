@@ -123,7 +123,8 @@ def _affect_model_list(text: str) -> tuple[str, ...]:
     models = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
     unknown = [m for m in models if m not in AFFECT_MODELS.entries]
     if unknown or not models:
-        raise argparse.ArgumentTypeError(f"unknown affect model(s) {unknown}; choose from {','.join(AFFECT_MODELS.entries)}")
+        raise argparse.ArgumentTypeError(f"unknown affect model(s) {unknown}; choose from "
+                                         f"{','.join(AFFECT_MODELS.entries)}")
     return models
 
 

@@ -54,7 +54,8 @@ def affect_loss(preds: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.
 
 
 def train_affect(model: nn.Module, data: AffectTensors, cfg: HyDiscGANConfig, epochs: int, seed: int,
-                 proximal_mu: float = 0.0, on_epoch: Callable[[int, nn.Module], None] | None = None) -> dict[str, float]:
+                 proximal_mu: float = 0.0,
+                 on_epoch: Callable[[int, nn.Module], None] | None = None) -> dict[str, float]:
     """`epochs` epochs of Adam (lr-msa, a fresh optimiser, as the paper re-creates it each round) on the
     affect loss; FedProx's proximal term when proximal_mu > 0. Returns the mean training loss."""
     rng = _seeded(seed)
