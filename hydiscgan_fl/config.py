@@ -235,13 +235,15 @@ class HyDiscGANConfig(BaseModel):
         if self.task != "affect":
             return
         # What the affect task has no counterpart for: HyDiscGAN's stages, per-utterance DP-SGD, personalisation.
-        refused = {"method": (self.method, "hydiscgan"), "msa-site": (self.msa_site, "clients"),
-                   "adv-lambda": (self.adv_lambda, 0.0), "partition": (self.partition, "speaker"),
-                   "aggregation-msa": (self.aggregation_msa == LOCAL_RULE, False)}
-        for key, (value, allowed) in refused.items():
-            if value != allowed:
-                raise ValueError(f"task 'affect' runs one client per participant with one shared model; "
-                                 f"{key} must stay at its default (got {value!r})")
+        refused = {"method": (self.method, self.method != "hydiscgan"),
+                   "msa-site": (self.msa_site, self.msa_site != "clients"),
+                   "adv-lambda": (self.adv_lambda, self.adv_lambda > 0),
+                   "partition": (self.partition, self.partition != "speaker"),
+                   "aggregation-msa": (self.aggregation_msa, self.aggregation_msa == LOCAL_RULE)}
+        for key, (value, wrong) in refused.items():
+            if wrong:
+                raise ValueError(f"task 'affect' runs one client per participant with one shared, federated model; "
+                                 f"{key} {value!r} does not apply to it")
         if self.dp_unit == "utterance":
             raise ValueError("task 'affect' supports dp-unit 'speaker' (participant-level DP-FedAvg) only")
 
