@@ -1,9 +1,9 @@
 """ClientApp handlers: unpack the server's message, run the local stage, pack only shared weights.
 
 What leaves the client: the arrays of the components it was sent (G in stage 1; G and M in stage 2;
-M alone in the fedavg-multimodal baseline's "multimodal" stage and in the affect task's "affect" stage, where
-M is the recurrent affect model trained on the client's participant windows, `affect_round`) and the metrics that the allow-list of
-its stage and DP unit admits (`hydiscgan_fl.privacy.reply_metrics`); every other figure (losses on
+M alone in the fedavg-multimodal baseline's "multimodal" stage and in the affect task's "affect" stage,
+where M is the recurrent affect model trained on the client's participant windows, `affect_round`) and
+the metrics that the allow-list of its stage and DP unit admits (`hydiscgan_fl.privacy.reply_metrics`); every other figure (losses on
 private data, the Wasserstein figure) goes to the client's own log only. The encoders and
 discriminators live in `context.state` and never leave, as do personalised ("local") components, the
 speaker adversary of adversarial identity unlearning (adv-lambda) and, under utterance-level DP, the
