@@ -6,6 +6,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
+from hydiscgan_fl.affect_server_run import AffectServerRun
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.server_run import ServerRun
 from strategies import HyDiscGANStrategy
@@ -44,7 +45,7 @@ def server_msa_stage(server: ServerRun) -> ServerStage:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = HyDiscGANConfig.from_run_config(context.run_config)
-    server = ServerRun(cfg, run_name=f"-run{context.run_id}")
+    server = (AffectServerRun if cfg.task == "affect" else ServerRun)(cfg, run_name=f"-run{context.run_id}")
     strategy = HyDiscGANStrategy(
         rounds_align=cfg.rounds_align,
         train_config={"local-epochs": cfg.local_epochs},
@@ -62,6 +63,7 @@ def main(grid: Grid, context: Context) -> None:
         server_stage=server_msa_stage(server) if cfg.msa_site == "server" else None,
         transport_dtype=cfg.transport_dtype,
         on_round_end=round_recorder(server),
+        task=cfg.task,
     )
     if server.resumed:
         strategy.load_state_dict(server.resumed["strategy"])
@@ -78,13 +80,15 @@ def main(grid: Grid, context: Context) -> None:
         return
     num_clients = max((r.sent for r in strategy.rounds), default=0)
     summary = server.finish(result.arrays.to_torch_state_dict(), num_clients, strategy.privacy)
-    inputs = "real audio/visual inputs" if cfg.method == "fedavg-multimodal" else "text-only inputs"
-    shown = ("acc2", "f1", "mae", "corr")
+    inputs = ("AU windows of held-out participants" if cfg.task == "affect" else
+              "real audio/visual inputs" if cfg.method == "fedavg-multimodal" else "text-only inputs")
+    shown = ("acc2", "f1", "mae", "corr", "ccc_valence", "ccc_arousal", "ccc_mean")
     if "selected_round" in summary:
         print(f"test metrics at round {summary['selected_round']}, the best on validation by "
               f"{summary['selection_metric']} ({inputs}): " + ", ".join(f"{k}={summary[k]:.4f}" for k in shown if k in summary))
     print(f"test metrics at the last round {summary['last_round']}: "
           + ", ".join(f"{k}={summary['last_' + k]:.4f}" for k in shown if "last_" + k in summary))
-    print(f"text-only baseline (epoch {summary['text_only_selected_epoch']}, selected on validation): "
-          + ", ".join(f"{k}={summary['text_only_' + k]:.4f}" for k in shown if "text_only_" + k in summary))
+    if "text_only_selected_epoch" in summary:
+        print(f"text-only baseline (epoch {summary['text_only_selected_epoch']}, selected on validation): "
+              + ", ".join(f"{k}={summary['text_only_' + k]:.4f}" for k in shown if "text_only_" + k in summary))
     print(f"run directory: {server.run_dir.path}")

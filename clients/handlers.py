@@ -1,9 +1,10 @@
 """ClientApp handlers: unpack the server's message, run the local stage, pack only shared weights.
 
 What leaves the client: the arrays of the components it was sent (G in stage 1; G and M in stage 2;
-M alone in the fedavg-multimodal baseline's "multimodal" stage; the text model, under M's name, in the
-distill and multitask baselines' stages) and the metrics that the allow-list of
-its stage and DP unit admits (`hydiscgan_fl.privacy.reply_metrics`); every other figure (losses on
+M alone in the fedavg-multimodal baseline's "multimodal" stage and in the affect task's "affect" stage,
+where M is the recurrent affect model trained on the client's participant windows, `affect_round`; the
+text model, under M's name, in the distill and multitask baselines' stages) and the metrics that the
+allow-list of its stage and DP unit admits (`hydiscgan_fl.privacy.reply_metrics`); every other figure (losses on
 private data, the Wasserstein figure) goes to the client's own log only. The encoders and
 discriminators live in `context.state` and never leave, as do personalised ("local") components, the
 speaker adversary of adversarial identity unlearning (adv-lambda), the distill baseline's multimodal
@@ -25,12 +26,21 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from clients.local_data import check_dims, check_known_ids, client_dataset, client_name, client_seed_key
+from clients.local_data import (
+    check_dims,
+    check_known_ids,
+    client_affect_windows,
+    client_dataset,
+    client_name,
+    client_seed_key,
+)
 from clients.persistence import client_state_dir, restore_client_state, save_client_state
 from clients.simulated_faults import claimed_examples, injected_fault, is_byzantine, poison
-from hydiscgan_fl.config import HyDiscGANConfig
+from hydiscgan_fl.config import AFFECT_STAGE, HyDiscGANConfig
 from hydiscgan_fl.data import MultimodalDataset
 from hydiscgan_fl.models import (
+    MSA,
+    build_affect_model,
     SpeakerAdversary,
     build_client_discriminators,
     build_federated_models,
@@ -48,6 +58,7 @@ from hydiscgan_fl.training import (
     to_tensors,
     train_multimodal,
 )
+from hydiscgan_fl.training.affect import AffectTensors, train_affect
 from hydiscgan_fl.training.privileged import build_multitask_head, local_distill, local_multitask
 from hydiscgan_fl.training.videos import Videos
 
@@ -105,32 +116,17 @@ def privileged_round(stage: str, model: torch.nn.Module, data: UtteranceTensors,
     return losses
 
 
-def train(msg: Message, context: Context) -> Message:
-    """One round of local training for the stage named in the message's config."""
-    started = time.perf_counter()
-    torch.set_num_threads(1)  # Ray runs several clients per machine; one thread each avoids oversubscription
-    cfg = HyDiscGANConfig.from_run_config(context.run_config)
-    config = msg.content["config"]
-    stage, server_round = str(config["stage"]), int(config["server-round"])
-    local_epochs = int(config.get("local-epochs", cfg.local_epochs))
-    proximal_mu = float(config.get("proximal-mu", 0.0))
-    local_components = list(config.get("local-components", []))
-    who, client_key = client_name(context), client_seed_key(context)
-    state_dir = client_state_dir(cfg, context, str(config["client-state"])) if "client-state" in config else None
-    if state_dir is not None:
-        restore_client_state(context, state_dir, server_round)
-    fault = injected_fault(cfg, server_round, client_key) if cfg.fault_rate > 0 else ""
-    if fault == "timeout":
-        time.sleep(cfg.round_timeout_s + 1.0)  # the server has given up on this reply by now
-    if fault:
-        raise RuntimeError(f"{who}: injected fault '{fault}' in round {server_round} (fault-rate={cfg.fault_rate})")
-
+def hydiscgan_round(cfg: HyDiscGANConfig, context: Context, received: dict[str, torch.Tensor], stage: str,
+                    local_epochs: int, seed: int, proximal_mu: float, local_components: list[str], config: ConfigRecord,
+                    who: str) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, float], int]:
+    """One round of a HyDiscGAN stage ("align", "msa") or of a baseline ("multimodal", "distill", "multitask"):
+    the shared components' new state, the losses, the privacy figures and the number of examples."""
+    client_key = client_seed_key(context)
     dataset = client_dataset(cfg, context.node_config)
     if "known-ids" in config:
         check_known_ids(dataset, list(config["known-ids"]), who)
     device = pick_device()
     shared = build_federated_models(dataset.dims, cfg, cfg.seed).to(device)
-    received = msg.content["arrays"].to_torch_state_dict()
     check_dims(shared.state_dict(), received, dataset.dims, who)
     shared.load_state_dict(received, strict=False)
     for component in local_components:  # personalised: this client's own copy (the seeded initial one at first)
@@ -139,7 +135,6 @@ def train(msg: Message, context: Context) -> Message:
 
     data = to_tensors(dataset, device, tensor_view(cfg))
     videos = Videos.of(dataset) if shared.needs_context else None  # M reads whole videos (models.registry)
-    seed = cfg.seed * 1_000_003 + server_round * 7919 + client_key
     privacy: dict[str, float] = {}
     if stage == "multimodal":  # the fedavg-multimodal baseline: M on real (t, a, v), no discriminators
         losses = train_multimodal(shared.msa, data, cfg, local_epochs, seed, dataset.label_kind, proximal_mu,
@@ -173,12 +168,57 @@ def train(msg: Message, context: Context) -> Message:
         raise ValueError(f"unknown stage {stage!r} in the server's config")
     for component in local_components:
         context.state[PERSONAL_STATE_PREFIX + component] = ArrayRecord(getattr(shared, component).state_dict())
+
+    return shared.state_dict(), losses, privacy, len(dataset)
+
+
+def affect_round(cfg: HyDiscGANConfig, node_config: dict, received: dict[str, torch.Tensor], local_epochs: int,
+                 seed: int, proximal_mu: float, who: str) -> tuple[dict[str, torch.Tensor], dict[str, float], int]:
+    """One round of the affect task: the received affect model M trained on this participant's windows."""
+    windows = client_affect_windows(cfg, node_config, who)
+    device = pick_device()
+    model = build_affect_model(windows.input_dim, cfg).to(device)
+    prefix = f"{MSA}."
+    check_dims({prefix + key: value for key, value in model.state_dict().items()}, received,
+               {"au": windows.input_dim}, who)
+    model.load_state_dict({key.removeprefix(prefix): value.float() for key, value in received.items()})
+    losses = train_affect(model, AffectTensors.of(windows, device), cfg, local_epochs, seed, proximal_mu)
+    return {prefix + key: value for key, value in model.state_dict().items()}, losses, len(windows)
+
+
+def train(msg: Message, context: Context) -> Message:
+    """One round of local training for the stage named in the message's config."""
+    started = time.perf_counter()
+    torch.set_num_threads(1)  # Ray runs several clients per machine; one thread each avoids oversubscription
+    cfg = HyDiscGANConfig.from_run_config(context.run_config)
+    config = msg.content["config"]
+    stage, server_round = str(config["stage"]), int(config["server-round"])
+    local_epochs = int(config.get("local-epochs", cfg.local_epochs))
+    proximal_mu = float(config.get("proximal-mu", 0.0))
+    local_components = list(config.get("local-components", []))
+    who, client_key = client_name(context), client_seed_key(context)
+    state_dir = client_state_dir(cfg, context, str(config["client-state"])) if "client-state" in config else None
+    if state_dir is not None:
+        restore_client_state(context, state_dir, server_round)
+    fault = injected_fault(cfg, server_round, client_key) if cfg.fault_rate > 0 else ""
+    if fault == "timeout":
+        time.sleep(cfg.round_timeout_s + 1.0)  # the server has given up on this reply by now
+    if fault:
+        raise RuntimeError(f"{who}: injected fault '{fault}' in round {server_round} (fault-rate={cfg.fault_rate})")
+
+    received = msg.content["arrays"].to_torch_state_dict()
+    seed = cfg.seed * 1_000_003 + server_round * 7919 + client_key
+    privacy: dict[str, float] = {}
+    if stage == AFFECT_STAGE:
+        state, losses, num_examples = affect_round(cfg, context.node_config, received, local_epochs, seed,
+                                                   proximal_mu, who)
+    else:
+        state, losses, privacy, num_examples = hydiscgan_round(cfg, context, received, stage, local_epochs, seed,
+                                                               proximal_mu, local_components, config, who)
     if state_dir is not None:
         save_client_state(context.state, state_dir, server_round)
 
-    state = shared.state_dict()
     reply = {key: state[key] for key in received}  # exactly what was sent, updated
-    num_examples = len(dataset)
     if is_byzantine(cfg, context):
         reply = poison(reply, received, cfg.byzantine_mode, seed)
         num_examples = claimed_examples(cfg.byzantine_mode, num_examples)

@@ -6,11 +6,13 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import Context
 
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.data import DataError, MultimodalDataset, load_partition, partition_indices
+from hydiscgan_fl.data.affect import AffectWindows, load_affect_dataset, load_openface_dir, make_windows
 from hydiscgan_fl.models import needs_context
 
 
@@ -53,6 +55,32 @@ def _check_partition_count(folder: str, num_partitions: int) -> None:
         raise DataError(f"dataset partitions:{folder} holds {held} partition file(s) but the simulation runs "
                         f"{num_partitions} SuperNodes; write it with `hydiscgan partition --num-partitions "
                         f"{num_partitions}`")
+
+
+def client_affect_windows(cfg: HyDiscGANConfig, node_config: dict, who: str) -> AffectWindows:
+    """The affect task: this client's participant windows. Deployment: node-config `data-path` names a
+    folder of this device's OpenFace recordings (au/, labels/; hydiscgan_fl.data.affect.load_openface_dir),
+    all of it training data. Simulation: one client per training participant of `dataset` (sorted by name),
+    partition-id i holding participant i; more SuperNodes than training participants is an error."""
+    if "data-path" in node_config:
+        return _affect_folder(str(node_config["data-path"]), cfg.affect_window)
+    windows = load_affect_dataset(cfg.dataset, cfg.seed, cfg.valid_fraction, cfg.affect_window).split_subset("train")
+    participants = windows.participant_list()
+    partition_id, num_partitions = int(node_config["partition-id"]), int(node_config["num-partitions"])
+    if num_partitions > len(participants):
+        raise DataError(f"{who}: {num_partitions} SuperNodes but {cfg.dataset!r} has {len(participants)} training "
+                        "participants; the affect task runs one client per participant (num-supernodes <= "
+                        f"{len(participants)})")
+    mine = participants[partition_id::num_partitions]  # exactly one each when the counts are equal
+    windows = windows.subset(np.flatnonzero(np.isin(windows.participants, mine)))
+    if len(windows) < 2:
+        raise DataError(f"{who} holds {len(windows)} window(s); it needs at least 2 to train")
+    return windows
+
+
+@functools.lru_cache(maxsize=2)
+def _affect_folder(path: str, window: int) -> AffectWindows:
+    return make_windows(load_openface_dir(path), window, {}, path)
 
 
 @dataclass(frozen=True)

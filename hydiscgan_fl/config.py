@@ -16,6 +16,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
 from hydiscgan_fl.data import MultimodalDataset, load_dataset
+from hydiscgan_fl.data.affect import AffectWindows, load_affect_dataset
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _PARTITION_RE = re.compile(r"^(speaker|iid|dirichlet:(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)$")
@@ -31,6 +32,9 @@ _INFERENCE_RE = re.compile(r"^(z0|(mean-pred|mean-fake):([1-9]\d*))$")
 LOCAL_RULE = "local"
 # Stage 2 on the server (msa-site "server"): M and G trained on the server's own text and labels.
 SERVER_STAGE = "server-msa"
+# The affect task's one stage: clients train the recurrent affect model on their own windows every round.
+AFFECT_STAGE = "affect"
+_AFFECT_DATASET_RE = re.compile(r"^(affect-synthetic(:\d+)?|openface:.+)$")
 _RULE_RE = re.compile(r"^([a-z][a-z0-9-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
 
 
@@ -152,10 +156,27 @@ class HyDiscGANConfig(BaseModel):
     # both ways (cast back to float32 before aggregation and training).
     msa_site: Literal["clients", "server"] = "clients"
     transport_dtype: Literal["float32", "float16"] = "float32"
+    # Task [task]: "sentiment" (HyDiscGAN, MSA datasets) or "affect" (continuous valence/arousal from facial
+    # action units, docs/affect.md): dataset affect-synthetic[:<participants>] or openface:<absolute dir>, one
+    # stage "affect" of rounds-msa rounds in which each client (a participant) trains the affect model "M"
+    # with lr-msa, batch-size, local-epochs and dropout. [affect-model, affect-layers, affect-hidden]: the
+    # recurrent variant (hydiscgan_fl.models.registry.AFFECT_MODELS) and its depth and width;
+    # [affect-loss]: "ccc" (1 - CCC, mean over valence and arousal) or "mse"; [affect-window]: frames per
+    # non-overlapping window (20 = 4 s of affect-synthetic's 5 fps).
+    task: Literal["sentiment", "affect"] = "sentiment"
+    affect_model: str = "bigru"
+    affect_layers: int = Field(2, ge=1)
+    affect_hidden: int = Field(32, ge=2)
+    affect_loss: Literal["ccc", "mse"] = "ccc"
+    affect_window: int = Field(20, ge=2)
 
     @field_validator("dataset")
     @classmethod
     def _dataset_form(cls, value: str) -> str:
+        if _AFFECT_DATASET_RE.match(value):
+            if value.startswith("openface:") and not Path(value[9:]).is_absolute():
+                raise ValueError(f"openface dataset needs an absolute folder (au/, labels/), got {value!r}")
+            return value
         if value in ("mosi-bclstm", "synthetic", "synthetic-seq") or re.fullmatch(r"synthetic:\d+", value):
             return value
         if value.startswith("mmsa:"):
@@ -167,8 +188,9 @@ class HyDiscGANConfig(BaseModel):
                 raise ValueError(f"partitions dataset needs an absolute folder holding server.npz, got {value!r}")
             return value
         raise ValueError(f"unknown dataset {value!r}; use 'mosi-bclstm', 'synthetic', 'synthetic:<speakers>', 'synthetic-seq', "
-                         "'mmsa:/abs/path.pkl' "
-                         "or 'partitions:/abs/dir'")
+                         "'mmsa:/abs/path.pkl', "
+                         "'partitions:/abs/dir' or, for task 'affect', 'affect-synthetic[:<participants>]' or "
+                         "'openface:/abs/dir'")
 
     @field_validator("partition")
     @classmethod
@@ -198,7 +220,7 @@ class HyDiscGANConfig(BaseModel):
             return value
         raise ValueError(f"{value!r} is neither a rule name such as 'fedavg' nor 'package.module:Class'")
 
-    @field_validator("msa_model", "generator_model")
+    @field_validator("msa_model", "generator_model", "affect_model")
     @classmethod
     def _model_form(cls, value: str) -> str:
         # The entry itself is resolved (and an unknown name reported) by hydiscgan_fl.models.registry.
@@ -237,16 +259,41 @@ class HyDiscGANConfig(BaseModel):
         if self.method != "hydiscgan" and (self.ablation != "none" or self.inference != "z0"):
             raise ValueError(f"ablation and inference are HyDiscGAN's; method {self.method!r} has no generator "
                              "(leave them 'none' and 'z0')")
+        self._check_task()
         if self.msa_site == "server" and self.local_components:
             raise ValueError("msa-site 'server' trains G and M on the server; a personalised component "
                              f"({', '.join(self.local_components)}) would never be trained by it")
         return self
 
+    def _check_task(self) -> None:
+        affect_data = bool(_AFFECT_DATASET_RE.match(self.dataset))
+        if affect_data != (self.task == "affect"):
+            raise ValueError(f"dataset {self.dataset!r} does not fit task {self.task!r}: task 'affect' reads "
+                             "'affect-synthetic[:<n>]' or 'openface:<dir>', task 'sentiment' the others")
+        if self.task != "affect":
+            return
+        # What the affect task has no counterpart for: HyDiscGAN's stages, per-utterance DP-SGD, personalisation.
+        refused = {"method": (self.method, self.method != "hydiscgan"),
+                   "msa-site": (self.msa_site, self.msa_site != "clients"),
+                   "adv-lambda": (self.adv_lambda, self.adv_lambda > 0),
+                   "partition": (self.partition, self.partition != "speaker"),
+                   "aggregation-msa": (self.aggregation_msa, self.aggregation_msa == LOCAL_RULE),
+                   "ablation": (self.ablation, self.ablation != "none"),
+                   "inference": (self.inference, self.inference != "z0")}
+        for key, (value, wrong) in refused.items():
+            if wrong:
+                raise ValueError(f"task 'affect' runs one client per participant with one shared, federated model; "
+                                 f"{key} {value!r} does not apply to it")
+        if self.dp_unit == "utterance":
+            raise ValueError("task 'affect' supports dp-unit 'speaker' (participant-level DP-FedAvg) only")
+
     @property
     def total_rounds(self) -> int:
-        """The single-stage methods (SINGLE_STAGE) have no alignment stage: they run rounds-msa rounds and
-        ignore rounds-align."""
-        return self.rounds_msa if self.method in SINGLE_STAGE else self.rounds_align + self.rounds_msa
+        """The single-stage methods (SINGLE_STAGE) and the affect task have no alignment stage: they run
+        rounds-msa rounds and ignore rounds-align."""
+        if self.method in SINGLE_STAGE or self.task == "affect":
+            return self.rounds_msa
+        return self.rounds_align + self.rounds_msa
 
     @property
     def generator_trains_in_stage2(self) -> bool:
@@ -272,7 +319,7 @@ class HyDiscGANConfig(BaseModel):
                      if rule == LOCAL_RULE)
 
     def stage_of_round(self, server_round: int) -> str:
-        return stage_of_round(server_round, self.rounds_align, self.method, self.msa_site)
+        return stage_of_round(server_round, self.rounds_align, self.method, self.msa_site, self.task)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> HyDiscGANConfig:
@@ -305,16 +352,24 @@ class HyDiscGANConfig(BaseModel):
         return load_dataset(self.dataset, data_dir, self.seed, valid_fraction=self.valid_fraction,
                             valid_from=self.valid_from, text_only=text_only, cached=cached)
 
+    def load_affect(self) -> AffectWindows:
+        """The affect task's windows, whole participants split into train / valid / test (seeded)."""
+        return load_affect_dataset(self.dataset, self.seed, self.valid_fraction, self.affect_window)
+
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else project_root() / "runs"
 
 
-def stage_of_round(server_round: int, rounds_align: int, method: str, msa_site: str = "clients") -> str:
+def stage_of_round(server_round: int, rounds_align: int, method: str, msa_site: str = "clients",
+                   task: str = "sentiment") -> str:
     """Rounds 1..rounds-align align the modalities; the rest train the MSA model, on the clients
     ("msa") or, with msa-site "server", on the server (SERVER_STAGE).
 
     The single-stage methods run their one stage in every round: fedavg-multimodal trains M(t, a, v) on real
-    audio/visual ("multimodal"), distill and multitask the text model of M's family ("distill", "multitask")."""
+    audio/visual ("multimodal"), distill and multitask the text model of M's family ("distill", "multitask");
+    the affect task trains its model in every round (AFFECT_STAGE)."""
+    if task == "affect":
+        return AFFECT_STAGE
     if method in SINGLE_STAGE:
         return SINGLE_STAGE[method]
     if server_round <= rounds_align:

@@ -48,6 +48,7 @@ __all__ = [
     "msa_metrics",
     "binary_metrics",
     "ccc",
+    "affect_metrics",
     "summary_metrics",
     "SELECTION_METRIC",
     "ValidationSelection",
@@ -276,6 +277,18 @@ def ccc(preds: Any, labels: Any) -> float:
     return float(2.0 * cov / denom)
 
 
+def affect_metrics(preds: Any, targets: Any) -> dict[str, float]:
+    """Continuous affect: CCC per dimension over all windows (columns valence, arousal), their mean (the
+    selection metric) and the mean squared error."""
+    p = np.asarray(preds, dtype=np.float64).reshape(-1, 2)
+    y = np.asarray(targets, dtype=np.float64).reshape(-1, 2)
+    if p.shape != y.shape:
+        raise ValueError(f"preds {p.shape} and targets {y.shape} differ in shape")
+    valence, arousal = ccc(p[:, 0], y[:, 0]), ccc(p[:, 1], y[:, 1])
+    return {"ccc_valence": valence, "ccc_arousal": arousal, "ccc_mean": (valence + arousal) / 2.0,
+            "mse": float(np.mean((p - y) ** 2))}
+
+
 def summary_metrics(preds: Any, labels: Any, label_kind: str) -> dict[str, float]:
     """Metrics for either label kind used in the project.
 
@@ -302,9 +315,10 @@ def summary_metrics(preds: Any, labels: Any, label_kind: str) -> dict[str, float
 # model selection on validation, intervals over seeds
 # ---------------------------------------------------------------------------
 # label kind -> (metric, +1 when higher is better / -1 when lower is better)
-SELECTION_METRIC: dict[str, tuple[str, int]] = {"binary": ("acc2", 1), "regression": ("mae", -1)}
-# Direction of every reported metric, for reading paired differences (mae: lower is better).
-HIGHER_IS_BETTER = {"mae": False}
+SELECTION_METRIC: dict[str, tuple[str, int]] = {"binary": ("acc2", 1), "regression": ("mae", -1),
+                                                "affect": ("ccc_mean", 1)}
+# Direction of every reported metric, for reading paired differences (mae, mse: lower is better).
+HIGHER_IS_BETTER = {"mae": False, "mse": False}
 
 
 @dataclass

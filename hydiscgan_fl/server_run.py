@@ -81,10 +81,34 @@ class TextSplit:
 class ServerRun:
     """One HyDiscGAN run on the server side: initial weights, per-round evaluation, final report."""
 
+    # The shared components written to checkpoint.pt (the affect task has M only).
+    components: tuple[str, ...] = (GENERATOR, MSA)
+
     def __init__(self, cfg: HyDiscGANConfig, run_name: str = ""):
         self.cfg = cfg
         self.started = time.time()
         self.device = pick_device()
+        self._load_data()
+        self.last_round = min(cfg.stop_after_round or cfg.total_rounds, cfg.total_rounds)  # of this Flower run
+        self.resumed = self._resumed_state() if cfg.resume_from else None
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(cfg.dataset).stem}-seed{cfg.seed}{run_name}")
+        self.run_dir = RunDirectory(cfg.resolved_output_dir(), name)
+        self.run_dir.write_json("config.json", cfg.to_run_config())
+        # The best round on validation so far, and its shared components (what checkpoint.pt will hold).
+        self.selection = ValidationSelection(self.label_kind)
+        self.selected_state: dict[str, torch.Tensor] | None = None
+        if self.resumed:
+            self.run_dir.restore_rows(self.resumed["metrics_rows"], self.resumed["client_rows"])
+            if self.resumed.get("selected"):
+                saved = self.resumed["selected"]
+                self.selection = ValidationSelection(self.label_kind, saved["round"], saved["valid"], saved["test"])
+                self.selected_state = dict(saved["arrays"])
+        # The name under which clients save their private state: the first run's, kept across resumes.
+        self.lineage = self.resumed["lineage"] if self.resumed else self.run_dir.path.name
+
+    def _load_data(self) -> None:
+        """The server's data (text and labels of every split), dims, label kind and training ids."""
+        cfg = self.cfg
         multimodal = cfg.method == "fedavg-multimodal"  # the privacy-violating baseline: all modalities
         dataset = cfg.load_dataset(text_only=not multimodal)
         # The text-only view holds no audio/visual columns; it carries the clients' widths.
@@ -102,22 +126,6 @@ class ServerRun:
         print("parameters: " + ", ".join(f"{name}={count:,}" for name, count in self.param_counts.items())
               + f" (msa-model={cfg.msa_model}, generator-model={cfg.generator_model})")
         del dataset
-        self.last_round = min(cfg.stop_after_round or cfg.total_rounds, cfg.total_rounds)  # of this Flower run
-        self.resumed = self._resumed_state() if cfg.resume_from else None
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(cfg.dataset).stem}-seed{cfg.seed}{run_name}")
-        self.run_dir = RunDirectory(cfg.resolved_output_dir(), name)
-        self.run_dir.write_json("config.json", cfg.to_run_config())
-        # The best round on validation so far, and its G and M (what checkpoint.pt will hold).
-        self.selection = ValidationSelection(self.label_kind)
-        self.selected_state: dict[str, torch.Tensor] | None = None
-        if self.resumed:
-            self.run_dir.restore_rows(self.resumed["metrics_rows"], self.resumed["client_rows"])
-            if self.resumed.get("selected"):
-                saved = self.resumed["selected"]
-                self.selection = ValidationSelection(self.label_kind, saved["round"], saved["valid"], saved["test"])
-                self.selected_state = dict(saved["arrays"])
-        # The name under which clients save their private state: the first run's, kept across resumes.
-        self.lineage = self.resumed["lineage"] if self.resumed else self.run_dir.path.name
 
     def _resumed_state(self) -> dict[str, Any]:
         """The saved state of `resume-from`, after checking that this run computes the same thing."""
@@ -256,6 +264,10 @@ class ServerRun:
                 **{f"valid_{key}": value for key, value in selection.valid.items()},
                 **{f"last_{key}": value for key, value in metrics(model, self.test).items()}}
 
+    def baseline_summary(self) -> dict[str, Any]:
+        """The baseline reported beside the federated model in summary.json: the text-only model."""
+        return {f"text_only_{key}": value for key, value in self.text_only_baseline().items()}
+
     def finish(self, state: dict[str, torch.Tensor], num_clients: int, extra: dict[str, Any]) -> dict[str, Any]:
         """Write summary.json and checkpoint.pt (the validation-selected round's G and M); return the summary.
 
@@ -263,7 +275,6 @@ class ServerRun:
         `selection_metric`; valid_* are that round's validation metrics; last_* the test metrics at
         `last_round`; text_only_* the same for the text-only baseline (its `text_only_selected_epoch`)."""
         last = self.evaluate(state, "test")
-        baseline = self.text_only_baseline()
         summary: dict[str, Any] = {
             "dataset": self.cfg.dataset,
             "label_kind": self.label_kind,
@@ -273,7 +284,7 @@ class ServerRun:
             "selection_metric": f"valid_{self.selection.metric}",
             "last_round": self.last_round,
             **{f"last_{key}": value for key, value in last.items()},
-            **{f"text_only_{key}": value for key, value in baseline.items()},
+            **self.baseline_summary(),
             "wall_s": time.time() - self.started,
             "param_counts": self.param_counts,
             **extra,
@@ -289,7 +300,7 @@ class ServerRun:
         cpu_state = {key: value.detach().cpu() for key, value in selected.items()}
         self.run_dir.save_checkpoint({
             **{name: {k.removeprefix(f"{name}."): v for k, v in cpu_state.items() if k.startswith(f"{name}.")}
-               for name in (GENERATOR, MSA)},
+               for name in self.components},
             "round": self.selection.step if self.selected_state is not None else self.last_round,
             "dims": dict(self.dims),
             "config": self.cfg.to_run_config(),

@@ -42,6 +42,18 @@ from hydiscgan_fl.privacy.reply_metrics import WEIGHT_KEY
 SHARED_COMPONENTS = ("generator", "msa")
 
 
+class UnweightedMean(FedAvg):
+    """FedAvg's mean with every client counting once, whatever its number of examples: the aggregation of
+    the affect seed paper's code (one client per participant, the plain mean of their weights)."""
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
+                                                                                      MetricRecord | None]:
+        equal = [Message(content=RecordDict({"arrays": reply.content["arrays"],
+                                             "metrics": MetricRecord({self.weighted_by_key: 1})}),
+                         metadata=reply.metadata) if reply.has_content() else reply for reply in replies]
+        return super().aggregate_train(server_round, equal)
+
+
 # One node suffices for a rule: HyDiscGAN's strategy enforces its own minimum of replies.
 _FEW = {"min_train_nodes": 1, "min_evaluate_nodes": 0, "min_available_nodes": 1, "fraction_evaluate": 0.0}
 
@@ -54,6 +66,7 @@ _RULES: dict[str, Callable[[dict[str, float]], Strategy]] = {
     "fedmedian": lambda p: FedMedian(**_FEW),
     "fedtrimmedavg": lambda p: FedTrimmedAvg(beta=p["trimmed_beta"], **_FEW),
     "krum": lambda p: Krum(num_malicious_nodes=int(p["krum_malicious"]), **_FEW),
+    "mean": lambda p: UnweightedMean(**_FEW),
 }
 RULE_NAMES = tuple(_RULES)
 

@@ -86,6 +86,7 @@ class HyDiscGANStrategy(Strategy):
     server_stage : the server's stage-2 round (needed with msa_site "server").
     transport_dtype : "float32", or "float16": floating arrays travel in half precision both ways.
     on_round_end : called after each round (recording, checkpointing).
+    task : "sentiment", or "affect": stage "affect" in every round, M (the affect model) only.
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class HyDiscGANStrategy(Strategy):
         server_stage: ServerStage | None = None,
         transport_dtype: str = "float32",
         on_round_end: RoundEndHook | None = None,
+        task: str = "sentiment",
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; use one of {list(METHODS)}")
@@ -117,6 +119,7 @@ class HyDiscGANStrategy(Strategy):
             raise ValueError(f"msa-site {msa_site!r} does not fit server_stage={server_stage!r}: the server's "
                              "MSA stage needs both")
         self.method = method
+        self.task = task
         self.rounds_align = rounds_align
         self.msa_site = msa_site
         self.server_stage = server_stage
@@ -150,7 +153,7 @@ class HyDiscGANStrategy(Strategy):
 
     # -- stages ---------------------------------------------------------------------------------
     def stage_of(self, server_round: int) -> str:
-        return stage_of_round(server_round, self.rounds_align, self.method, self.msa_site)
+        return stage_of_round(server_round, self.rounds_align, self.method, self.msa_site, self.task)
 
     def sent_components(self, stage: str) -> tuple[str, ...]:
         return tuple(name for name in STAGE_COMPONENTS[stage] if name not in self.local_components)
@@ -158,7 +161,9 @@ class HyDiscGANStrategy(Strategy):
     def summary(self) -> None:
         rule = ", ".join([f"{name}: {type(agg.rule).__name__}" for name, agg in self.aggregators.items()]
                          + [f"{name}: local" for name in self.local_components])
-        if self.method in SINGLE_STAGE:
+        if self.task == "affect":
+            stages = "affect task: the recurrent affect model M trained on the clients' AU windows in every round"
+        elif self.method in SINGLE_STAGE:
             stages = f"{self.method} baseline: stage {SINGLE_STAGE[self.method]!r} in every round"
         else:
             stages = f"{self.rounds_align} alignment round(s), then MSA rounds on the {self.msa_site}"

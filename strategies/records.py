@@ -8,11 +8,11 @@ from collections.abc import Iterable
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from hydiscgan_fl.config import SERVER_STAGE
+from hydiscgan_fl.config import AFFECT_STAGE, SERVER_STAGE
 
 # What each stage sends to the clients (the server's own stage sends nothing).
 STAGE_COMPONENTS = {"align": ("generator",), "msa": ("generator", "msa"), "multimodal": ("msa",),
-                    "distill": ("msa",), "multitask": ("msa",), SERVER_STAGE: ()}
+                    "distill": ("msa",), "multitask": ("msa",), SERVER_STAGE: (), AFFECT_STAGE: ("msa",)}
 
 
 def component_arrays(arrays: ArrayRecord, component: str) -> ArrayRecord:

@@ -44,7 +44,7 @@ def aggregate_one_round(rule, values=CLIENT_VALUES, examples=CLIENT_EXAMPLES):
 def test_every_named_rule_aggregates_a_component(task_identity, name):
     config, result = aggregate_one_round(make_rule(name, proximal_mu=0.3, trimmed_beta=0.25, krum_malicious=1))
     expected = {
-        "fedavg": np.mean(CLIENT_VALUES), "fedprox": np.mean(CLIENT_VALUES),
+        "fedavg": np.mean(CLIENT_VALUES), "fedprox": np.mean(CLIENT_VALUES), "mean": np.mean(CLIENT_VALUES),
         "fedmedian": np.median(CLIENT_VALUES), "fedtrimmedavg": 2.5,  # 1 and 100 cut
         "krum": 2.0,  # the client closest to its neighbours
     }

@@ -28,6 +28,9 @@ from hydiscgan_fl.models.networks import (
 )
 from hydiscgan_fl.models.components import GENERATOR, MSA, SHARED_COMPONENTS
 from hydiscgan_fl.models.registry import (
+    AFFECT_MODELS,
+    AffectModelEntry,
+    build_affect_model,
     GENERATORS,
     MSA_MODELS,
     MSAFamily,
@@ -42,6 +45,9 @@ from hydiscgan_fl.models.steps import StepTensors
 from hydiscgan_fl.models.video_layout import VideoLayout
 
 __all__ = [
+    "AFFECT_MODELS",
+    "AffectModelEntry",
+    "build_affect_model",
     "GENERATOR",
     "GENERATORS",
     "MSA",

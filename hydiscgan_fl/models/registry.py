@@ -28,6 +28,7 @@ from torch import nn
 
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.data.sequences import masked_mean
+from hydiscgan_fl.models.affect import RecurrentAffectModel
 from hydiscgan_fl.models.components import GENERATOR, MSA
 from hydiscgan_fl.models.cfn_sr import CFNSR, CFNSRTextOnly
 from hydiscgan_fl.models.context import ContextGRUMSA, ContextGRUTextOnly
@@ -103,6 +104,27 @@ MSA_MODELS: Registry[MSAFamily] = Registry("msa-model", MSAFamily, {
                        build_text_only=lambda text_dim, cfg: CFNSRTextOnly(text_dim, cfg.hidden_dim // 2, cfg.dropout),
                        needs_context=True, reads_steps=True)
        for name, residual in (("cfn-sr", True), ("cfn-sr-nores", False))})
+
+
+@dataclass(frozen=True)
+class AffectModelEntry:
+    build: Callable[[int, HyDiscGANConfig], nn.Module]  # (N, T, D) frames, (N, T) valid -> (N, 2), from D
+
+
+def _recurrent(cell: str, bidirectional: bool) -> AffectModelEntry:
+    return AffectModelEntry(lambda input_dim, cfg: RecurrentAffectModel(
+        input_dim, cell, bidirectional, cfg.affect_layers, cfg.affect_hidden, cfg.dropout))
+
+
+# The affect task's model (run-config affect-model): the seed paper's recurrent variants, depth and width
+# from affect-layers and affect-hidden.
+AFFECT_MODELS: Registry[AffectModelEntry] = Registry("affect-model", AffectModelEntry, {
+    "rnn": _recurrent("rnn", False), "lstm": _recurrent("lstm", False), "gru": _recurrent("gru", False),
+    "bilstm": _recurrent("lstm", True), "bigru": _recurrent("gru", True)})
+
+
+def build_affect_model(input_dim: int, cfg: HyDiscGANConfig) -> nn.Module:
+    return AFFECT_MODELS.get(cfg.affect_model).build(input_dim, cfg)
 
 
 def msa_family(cfg: HyDiscGANConfig) -> MSAFamily:

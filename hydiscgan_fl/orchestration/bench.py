@@ -51,7 +51,8 @@ from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
 from hydiscgan_fl.data.sequences import masked_mean
 from hydiscgan_fl.metrics import HIGHER_IS_BETTER, mean_interval, paired_difference
-from hydiscgan_fl.models import MSA_MODELS, build_shared_models, parameter_counts
+from hydiscgan_fl.models import AFFECT_MODELS, MSA_MODELS, build_shared_models, parameter_counts
+from hydiscgan_fl.orchestration.affect_bench import affect_config, run_affect_bench
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
 from hydiscgan_fl.orchestration.schedule import SCHEDULE_KEYS, add_schedule_arguments, schedule_overrides
@@ -104,8 +105,16 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--task", choices=("sentiment", "affect"), default="sentiment",
+                        help="sentiment (this help) or affect: the recurrent affect models, central and federated "
+                             "(hydiscgan_fl.orchestration.affect_bench; default: %(default)s)")
+    parser.add_argument("--affect-models", type=_affect_model_list, default=tuple(AFFECT_MODELS.entries),
+                        help="--task affect: comma-separated affect-model names (default: all)")
+    parser.add_argument("--aggregation", default="mean",
+                        help="--task affect: the federated runs' aggregation rule (default: %(default)s, unweighted)")
     parser.add_argument("--dataset", default="mosi-bclstm",
-                        help="mosi-bclstm, synthetic or mmsa:<path to .pkl> (default: %(default)s)")
+                        help="mosi-bclstm, synthetic or mmsa:<path to .pkl>; with --task affect affect-synthetic "
+                             "(the default there) or openface:<dir> (default: %(default)s)")
     parser.add_argument("--data-dir", default="", help="folder holding mosi-bclstm/ (default: the checkout's data/)")
     parser.add_argument("--methods", type=_method_list, default=DEFAULT_METHODS,
                         help=f"comma-separated subset of {','.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
@@ -133,6 +142,15 @@ def _method_list(text: str) -> tuple[str, ...]:
     return methods
 
 
+def _affect_model_list(text: str) -> tuple[str, ...]:
+    models = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in models if m not in AFFECT_MODELS.entries]
+    if unknown or not models:
+        raise argparse.ArgumentTypeError(f"unknown affect model(s) {unknown}; choose from "
+                                         f"{','.join(AFFECT_MODELS.entries)}")
+    return models
+
+
 def _model_list(text: str) -> tuple[str, ...]:
     models = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
     if not models:
@@ -148,6 +166,8 @@ def _model_list(text: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
+    if args.task == "affect":
+        return run_affect(args, out)
     try:
         base = _base_config(args)
         if base.dataset.startswith("partitions:"):
@@ -201,6 +221,31 @@ def run(args: argparse.Namespace) -> int:
             federation.close()
     print(report)
     print(f"results in {out}")
+    return 0
+
+
+def run_affect(args: argparse.Namespace, out: Path) -> int:
+    try:
+        base = affect_config(args)
+        if args.seeds < 1:
+            raise ConfigError("--seeds must be >= 1")
+    except (ConfigError, DataError) as err:
+        print(f"hydiscgan bench: error: {err}", file=sys.stderr)
+        return 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: a second thread only contends with the federation's processes
+    on_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    started = time.time()
+    try:
+        report = run_affect_bench(base, args.affect_models, args.seeds, out)
+    except FederatedRunError as err:
+        print(f"hydiscgan bench: a federated run failed: {err}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
+        torch.set_num_threads(threads)
+    print(report)
+    print(f"results in {out} ({time.time() - started:.0f} s)")
     return 0
 
 

@@ -17,6 +17,8 @@ only if a DP mechanism covers it. Arrays are governed separately (exactly the co
   `loss-gen-adv` is the client's private discriminators' verdict on G(t): never. Under DP no loss
   leaves at all (the local trajectory of a stage-2 round depends on D, which speaker-level DP does not
   cover on the client).
+* The affect task's stage "affect": its loss is computed from the participant's own AU windows and traces
+  (private on the device): never.
 * `train-s` (the client's training time) is not computed from private values, but it grows with the
   number of utterances actually sampled: under utterance-level DP that reveals the size of the secret
   Poisson batches, and under either DP unit it is a side channel no mechanism covers. It leaves only
@@ -46,6 +48,8 @@ ALLOWED_REPLY_METRICS: dict[tuple[str, str], frozenset[str]] = {
     ("distill", "speaker"): frozenset({WEIGHT_KEY}),
     ("multitask", "none"): frozenset({WEIGHT_KEY, TIMING_KEY}),
     ("multitask", "speaker"): frozenset({WEIGHT_KEY}),
+    ("affect", "none"): frozenset({WEIGHT_KEY, TIMING_KEY}),
+    ("affect", "speaker"): frozenset({WEIGHT_KEY}),
 }
 
 _log = logging.getLogger("hydiscgan_fl.client")
