@@ -25,6 +25,10 @@ METHODS = ("hydiscgan", "fedavg-multimodal")
 LOCAL_RULE = "local"
 # Stage 2 on the server (msa-site "server"): M and G trained on the server's own text and labels.
 SERVER_STAGE = "server-msa"
+# Rules whose aggregate is a function of the clients' example-weighted mean update alone: the only ones
+# secure aggregation can run, since the server sees that sum and no individual update (median, trimmed
+# mean and Krum need every update; a user's rule 'pkg.module:Class' cannot be checked).
+SECURE_AGGREGATION_RULES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
 _RULE_RE = re.compile(r"^([a-z][a-z0-9-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
 
 
@@ -130,6 +134,17 @@ class HyDiscGANConfig(BaseModel):
     # both ways (cast back to float32 before aggregation and training).
     msa_site: Literal["clients", "server"] = "clients"
     transport_dtype: Literal["float32", "float16"] = "float32"
+    # Secure aggregation [secure-aggregation, secagg-shares, secagg-threshold, secagg-clipping-range,
+    # secagg-quantization-range] (docs/secure-aggregation.md): "secaggplus" = the server receives masked
+    # updates and learns only their sum (SecAgg+). Each client's secrets are shared among `secagg-shares` of the
+    # round's clients (1.0 = all: SecAgg), `secagg-threshold` of those shares reconstruct one; each coordinate of a
+    # client's weighted update is clipped to +-`secagg-clipping-range` and rounded onto `secagg-quantization-range`
+    # integer levels (the aggregate's error per coordinate is below n x 2 x range / levels x w_max / sum w).
+    secure_aggregation: Literal["none", "secaggplus"] = "none"
+    secagg_shares: float = Field(1.0, gt=0.0, le=1.0)
+    secagg_threshold: float = Field(0.6, gt=0.5, le=1.0)
+    secagg_clipping_range: float = Field(1.0, gt=0.0)
+    secagg_quantization_range: int = Field(2**22, ge=2, lt=2**32)
 
     @field_validator("dataset")
     @classmethod
@@ -199,10 +214,26 @@ class HyDiscGANConfig(BaseModel):
         if self.msa_site == "server" and self.method == "fedavg-multimodal":
             raise ValueError("msa-site 'server' moves HyDiscGAN's stage 2 to the server; the fedavg-multimodal "
                              "baseline trains M on the clients' real audio/visual (use msa-site 'clients')")
+        if self.secure_aggregation != "none":
+            self._check_secure_aggregation()
         if self.msa_site == "server" and self.local_components:
             raise ValueError("msa-site 'server' trains G and M on the server; a personalised component "
                              f"({', '.join(self.local_components)}) would never be trained by it")
         return self
+
+    def _check_secure_aggregation(self) -> None:
+        """Secure aggregation hides each update: refuse what needs one (docs/secure-aggregation.md)."""
+        for field in ("aggregation", "aggregation_generator", "aggregation_msa"):
+            rule = getattr(self, field)
+            if rule in ("", LOCAL_RULE) or rule in SECURE_AGGREGATION_RULES:
+                continue
+            why = ("a user's rule cannot be checked to need only the sum" if ":" in rule
+                   else "it needs every client's individual update, which the server no longer sees")
+            raise ValueError(f"secure-aggregation 'secaggplus' cannot run {field.replace('_', '-')} {rule!r}: {why}; "
+                             f"use one of {list(SECURE_AGGREGATION_RULES)}")
+        if self.dp_unit == "speaker":
+            raise ValueError("secure-aggregation 'secaggplus' with dp-unit 'speaker' is not implemented: DP-FedAvg "
+                             "clips each update on the server, which secure aggregation hides (docs/secure-aggregation.md)")
 
     @property
     def total_rounds(self) -> int:
