@@ -33,6 +33,7 @@ from flwr.supercore.primitives.asymmetric import (
 from clients.local_data import client_dataset
 from clients.simulated_faults import reported_examples
 from hydiscgan_fl.config import HyDiscGANConfig
+from hydiscgan_fl.privacy.clipping import clip_update
 from secagg.protocol import (
     COLLECT,
     RECORD,
@@ -43,6 +44,7 @@ from secagg.protocol import (
     pairwise_mask,
     pairwise_sign,
     quantise,
+    quantised_clip_norm,
     self_mask,
 )
 
@@ -95,7 +97,8 @@ def share_keys_reply(state: dict, config: ConfigRecord) -> dict:
 
 def masked_update(state: dict, config: ConfigRecord, update: list[np.ndarray]) -> list[np.ndarray]:
     """The masked, quantised, weighted update (uint32 arrays in the order of `update`): keeps the shares
-    the neighbours sent, then masks with the self mask and one pairwise mask per neighbour that shared."""
+    the neighbours sent, then (clipped to the server's clip-norm under speaker-level DP) masks it with the
+    self mask and one pairwise mask per neighbour that shared."""
     _expect(state, config, SHARE_KEYS)
     me, sk2 = state["nid"], bytes_to_private_key(state["sk2"])
     srcs, ctxts = list(config["srcs"]), list(config["ctxts"])
@@ -114,8 +117,12 @@ def masked_update(state: dict, config: ConfigRecord, update: list[np.ndarray]) -
     weight, max_weight = int(config["weight"]), int(config["max-weight"])
     if not 0 < weight <= max_weight:
         raise ProtocolError(f"node {me}: weight {weight} outside (0, max-weight {max_weight}]")
-    quantised = quantise(update, weight / max_weight, float(config["clipping-range"]),
-                         int(config["quantization-range"]))
+    clipping_range, quantization_range = float(config["clipping-range"]), int(config["quantization-range"])
+    if float(config["clip-norm"]) > 0:  # speaker-level DP: clip here, the server never sees the update
+        size = sum(int(np.prod(u.shape)) for u in update)
+        update = clip_update([np.asarray(u, dtype=np.float64) for u in update],
+                             quantised_clip_norm(float(config["clip-norm"]), size, clipping_range, quantization_range))
+    quantised = quantise(update, weight / max_weight, clipping_range, quantization_range)
     shapes = [q.shape for q in quantised]
     masks = [(1, self_mask(state["seed"], shapes))]
     masks += [(pairwise_sign(me, src), pairwise_mask(state["sk1"], state["pk1s"][state["nids"].index(src)], shapes))

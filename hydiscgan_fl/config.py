@@ -231,9 +231,11 @@ class HyDiscGANConfig(BaseModel):
                    else "it needs every client's individual update, which the server no longer sees")
             raise ValueError(f"secure-aggregation 'secaggplus' cannot run {field.replace('_', '-')} {rule!r}: {why}; "
                              f"use one of {list(SECURE_AGGREGATION_RULES)}")
-        if self.dp_unit == "speaker":
-            raise ValueError("secure-aggregation 'secaggplus' with dp-unit 'speaker' is not implemented: DP-FedAvg "
-                             "clips each update on the server, which secure aggregation hides (docs/secure-aggregation.md)")
+        if self.dp_unit == "speaker" and self.secagg_clipping_range < self.dp_clip_norm:
+            # Each client clips its update to L2 norm dp-clip-norm before masking: then no coordinate exceeds it.
+            raise ValueError(f"secure-aggregation with dp-unit 'speaker' needs secagg-clipping-range >= dp-clip-norm "
+                             f"({self.secagg_clipping_range} < {self.dp_clip_norm}): a clipped update's coordinates "
+                             "reach dp-clip-norm")
 
     @property
     def total_rounds(self) -> int:

@@ -131,3 +131,15 @@ def quantisation_error_bound(num_vectors: int, clipping_range: float, quantizati
     coordinate lies within +-clipping_range: stochastic rounding moves each vector's coordinate by less
     than one step 2 clipping_range / quantization_range."""
     return num_vectors * 2.0 * clipping_range / quantization_range
+
+
+def quantised_clip_norm(clip_norm: float, num_coordinates: int, clipping_range: float,
+                        quantization_range: int) -> float:
+    """The L2 norm a client clips its update to under speaker-level DP, so that the update as the server
+    sums it (quantised: each coordinate moved by < one step 2 clipping_range / quantization_range) still
+    has norm <= clip_norm, the sensitivity the accountant assumes."""
+    clipped = clip_norm - np.sqrt(num_coordinates) * 2.0 * clipping_range / quantization_range
+    if clipped <= 0:
+        raise ValueError(f"dp-clip-norm {clip_norm} is below the quantisation error of {num_coordinates} coordinates; "
+                         "raise secagg-quantization-range")
+    return float(clipped)

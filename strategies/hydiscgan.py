@@ -93,7 +93,8 @@ class HyDiscGANStrategy(Strategy):
     msa_site : "clients" (stage 2 on the clients) or "server" (stage 2 by `server_stage`, no client work).
     server_stage : the server's stage-2 round (needed with msa_site "server").
     transport_dtype : "float32", or "float16": floating arrays travel in half precision both ways.
-    secure_aggregation : SecAgg+ (the server sees only the sum of the updates); needs mean-based rules.
+    secure_aggregation : SecAgg+ (the server sees only the sum of the updates); needs mean-based rules; with
+        `dp` its clip_norm must be the DP's (the clients clip before masking).
     on_round_end : called after each round (recording, checkpointing).
     """
 
@@ -147,8 +148,9 @@ class HyDiscGANStrategy(Strategy):
             if refused:
                 raise ValueError(f"secure aggregation hides each client's update; the rules {refused} need them "
                                  "(use FedAvg, FedProx, FedAdam, FedYogi or FedAdagrad)")
-            if dp is not None:
-                raise ValueError("secure aggregation with speaker-level DP is not implemented")
+            if (dp is not None) != (secure_aggregation.clip_norm > 0) or (dp and dp.clip_norm != secure_aggregation.clip_norm):
+                raise ValueError("under speaker-level DP the clients clip to dp-clip-norm before masking: "
+                                 "secure_aggregation.clip_norm must be the DP's clip norm (and 0 without DP)")
         self.secure_aggregation = secure_aggregation
         self._secagg_round: SecAggPlusRound | None = None
         self._grid: Grid | None = None
@@ -308,14 +310,19 @@ class HyDiscGANStrategy(Strategy):
         total = round_.unmask(self._grid, masked)
         scale = round_.mean_scale(masked)
         base = from_transport(self._payload, self._sent)
-        mean = ArrayRecord({key: Array((base[key].numpy().astype(np.float64) + scale * update).astype(np.float32))
-                            for key, update in zip(keys, total)})
         for nid in masked:
             self._pending[nid].bytes_up += round_.bytes_up[nid]
         for nid, record in self._pending.items():
             record.bytes_down += round_.bytes_down.get(nid, 0)
             if nid not in masked:
                 record.bytes_up += round_.bytes_up.get(nid, 0)
+        if self.dp is not None:  # the clients clipped with equal weights: the unmasked sum is DP-FedAvg's
+            aggregated = [self.dp.aggregate_sum(base, total, len(masked), self.sampler.last_rate,
+                                                num_sampled=summary.sent)]
+            self.privacy = self.dp.report()
+            return aggregated
+        mean = ArrayRecord({key: Array((base[key].numpy().astype(np.float64) + scale * update).astype(np.float32))
+                            for key, update in zip(keys, total)})
         self.privacy = clients_privacy(self.privacy, valid)
         return [self.aggregators[component].aggregate(summary.server_round,
                                                       [(valid[0], component_arrays(mean, component), 1)])

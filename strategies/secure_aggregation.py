@@ -19,7 +19,9 @@ Weights: the server caps the claims exactly as without secure aggregation (`capp
 max-examples-ratio times the median claim) and tells each client its capped weight w_i and the round's
 largest w_max; the client quantises (w_i / w_max) x its update, and the server multiplies the unmasked sum
 by w_max / sum of the w_i whose vector arrived. The aggregate is then FedAvg's weighted mean, up to the
-quantisation error `secagg.protocol.quantisation_error_bound` x w_max / sum w_i.
+quantisation error `secagg.protocol.quantisation_error_bound` x w_max / sum w_i. Under speaker-level DP
+every weight is 1 and each client clips its update to dp-clip-norm (less the quantisation's slack)
+before masking; the server adds the noise to the unmasked sum (strategies.dp.SpeakerLevelDP.aggregate_sum).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class SecAggPlus:
     quantization_range: int = HyDiscGANConfig().secagg_quantization_range
     max_examples_ratio: float = HyDiscGANConfig().max_examples_ratio
     timeout: float | None = None
+    clip_norm: float = 0.0  # speaker-level DP's C: clients clip before masking, all weights equal; 0 = no DP
 
     def round(self, server_round: int, node_ids: Iterable[int]) -> SecAggPlusRound:
         return SecAggPlusRound(self, server_round, node_ids)
@@ -81,7 +84,8 @@ def secure_aggregation(cfg: HyDiscGANConfig) -> SecAggPlus | None:
     if cfg.secure_aggregation == "none":
         return None
     return SecAggPlus(cfg.secagg_shares, cfg.secagg_threshold, cfg.secagg_clipping_range,
-                      cfg.secagg_quantization_range, cfg.max_examples_ratio, cfg.round_timeout_s)
+                      cfg.secagg_quantization_range, cfg.max_examples_ratio, cfg.round_timeout_s,
+                      cfg.dp_clip_norm if cfg.dp_unit == "speaker" else 0.0)
 
 
 class SecAggPlusRound:
@@ -136,8 +140,11 @@ class SecAggPlusRound:
                 if dst in self.forwarded and dst in self.neighbours[src]:
                     self.forwarded[dst].append((src, bytes(ctxt)))
         self._check_neighbourhoods(set(self.forwarded), "share keys")
-        capped = capped_weights([self.claims[nid] for nid in self.forwarded], self.params.max_examples_ratio)
-        self.weights = dict(zip(self.forwarded, capped))
+        if self.params.clip_norm > 0:  # DP-FedAvg weighs every client equally (strategies.dp)
+            self.weights = dict.fromkeys(self.forwarded, 1)
+        else:
+            capped = capped_weights([self.claims[nid] for nid in self.forwarded], self.params.max_examples_ratio)
+            self.weights = dict(zip(self.forwarded, capped))
 
     def train_records(self) -> dict[int, ConfigRecord]:
         """Each remaining client's protocol record of the train message: its neighbours' encrypted shares,
@@ -146,6 +153,7 @@ class SecAggPlusRound:
         return {nid: self._record({"srcs": [src for src, _ in fwd], "ctxts": [c for _, c in fwd],
                                    "weight": self.weights[nid], "max-weight": max_weight,
                                    "clipping-range": self.params.clipping_range,
+                                   "clip-norm": self.params.clip_norm,
                                    "quantization-range": self.params.quantization_range})
                 for nid, fwd in self.forwarded.items()}
 

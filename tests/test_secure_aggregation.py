@@ -127,7 +127,7 @@ def test_clients_refuse_requests_out_of_order_or_for_both_secrets():
     ({"aggregation_msa": "krum"}, "aggregation-msa 'krum'"),
     ({"aggregation": "fedtrimmedavg"}, "individual update"),
     ({"aggregation": "mypkg.rules:Mine"}, "cannot be checked"),
-    ({"dp_unit": "speaker"}, "not implemented"),
+    ({"dp_unit": "speaker", "dp_clip_norm": 2.0}, "secagg-clipping-range >= dp-clip-norm"),
 ])
 def test_config_refuses_what_needs_individual_updates(overrides, match):
     run_config = {"secure-aggregation": "secaggplus", **{k.replace("_", "-"): v for k, v in overrides.items()}}
@@ -135,6 +135,45 @@ def test_config_refuses_what_needs_individual_updates(overrides, match):
         HyDiscGANConfig.from_run_config(run_config)
     HyDiscGANConfig.from_run_config({"secure-aggregation": "secaggplus", "aggregation": "fedadam",
                                      "aggregation-generator": "local"})
+
+
+def test_speaker_level_dp_composes_clients_clip_and_the_server_noises_the_sum():
+    """Under speaker-level DP the clients clip (to C less the quantisation slack) with equal weights; the
+    unmasked sum is then the sum DP-FedAvg noises, its norm per client <= C, and the RDP/PRV accounting is
+    the same as without secure aggregation (the Wasserstein figure, which needs the rows, becomes NaN)."""
+    from flwr.app import Array, ArrayRecord
+
+    from hydiscgan_fl.privacy.clipping import clip_update
+    from secagg.protocol import quantised_clip_norm
+    from strategies.dp import SpeakerLevelDP, noisy_average
+
+    node_ids = list(range(1, 7))
+    params = SecAggPlus(clipping_range=1.0, quantization_range=2**22, clip_norm=0.5)
+    updates = random_updates(node_ids, seed=4, scale=0.3)  # norms ~1.1 > C: every update is clipped
+    claims = dict(zip(node_ids, [1, 5, 10, 50, 100, 500]))
+    rnd, _, mean = run_protocol(params, updates, claims)
+    assert set(rnd.weights.values()) == {1}
+    size = sum(int(np.prod(shape)) for shape in SHAPES)
+    clip = quantised_clip_norm(0.5, size, 1.0, 2**22)
+    clipped = [clip_update([u.astype(np.float64) for u in updates[nid]], clip) for nid in node_ids]
+    total_expected = [sum(c[i] for c in clipped) for i in range(len(SHAPES))]
+    bound = quantisation_error_bound(len(node_ids), 1.0, 2**22)
+    total = [m * len(node_ids) for m in mean]  # equal weights: the mean is the sum / n
+    for got, want in zip(total, total_expected):
+        assert np.max(np.abs(got - want)) < bound
+
+    base = ArrayRecord({"a": Array(np.zeros(SHAPES[0], np.float32)), "b": Array(np.zeros(SHAPES[1], np.float32))})
+    secure_dp = SpeakerLevelDP(0.5, 1.0, 1e-5, rng=np.random.default_rng(7))
+    plain_dp = SpeakerLevelDP(0.5, 1.0, 1e-5, rng=np.random.default_rng(7))
+    new = secure_dp.aggregate_sum(base, total, 6, sample_rate=1.0, num_sampled=6)
+    by_hand = noisy_average(total, 6, 0.5, 1.0, 6, np.random.default_rng(7))
+    np.testing.assert_allclose(new["a"].numpy(), by_hand[0].astype(np.float32), rtol=1e-6)
+    plain_dp.aggregate(base, [ArrayRecord({"a": Array(c[0].astype(np.float32)), "b": Array(c[1].astype(np.float32))})
+                              for c in clipped], sample_rate=1.0, num_sampled=6)
+    secure, plain = secure_dp.report(), plain_dp.report()
+    assert secure["epsilon_rdp"] == plain["epsilon_rdp"] and secure["epsilon_prv"] == plain["epsilon_prv"]
+    assert np.isnan(secure["wdp_loss"]) and not np.isnan(plain["wdp_loss"])
+    assert np.isnan(type(secure_dp.ledger).from_json(secure_dp.ledger.to_json()).report()["wdp_loss"])
 
 
 def test_strategy_refuses_a_rule_that_needs_individual_updates():
@@ -200,3 +239,22 @@ def test_strategy_aggregates_the_masked_updates_as_fedavg(task_identity):
     assert summary.replies_ok == 4
     # the key stages' bytes count: more up and down than without secure aggregation
     assert all(c.bytes_down > p.bytes_down and c.bytes_up > 0 for c, p in zip(summary.clients, plain.rounds[-1].clients))
+
+
+def test_flwr_run_with_secure_aggregation_completes(tmp_path):
+    """A real `flwr run` (Ray simulation, MOSI) with SecAgg+: the key stages reach the ClientApp's query
+    functions, every client's masked update is unmasked in the sum, both stages complete."""
+    import csv
+
+    from hydiscgan_fl.orchestration.flwr_runner import LocalFederation
+
+    run_config = {"rounds-align": 1, "rounds-msa": 1, "local-epochs": 1, "output-dir": str(tmp_path),
+                  "secure-aggregation": "secaggplus"}
+    with LocalFederation(flwr_home=tmp_path / "flwr-home") as federation:
+        outcome = federation.run(run_config, num_supernodes=3, timeout_s=600)
+    assert outcome.status == "finished:completed", outcome.log[-3000:]
+    assert "secure aggregation keys shared by 3 of 3 client(s)" in outcome.log
+    rows = list(csv.DictReader((outcome.run_dir / "metrics.csv").open()))
+    assert [(r["stage"], int(r["replies_ok"])) for r in rows] == [("align", 3), ("msa", 3)]
+    clients = list(csv.DictReader((outcome.run_dir / "clients.csv").open()))
+    assert {c["status"] for c in clients} == {"ok"}

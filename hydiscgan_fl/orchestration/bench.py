@@ -54,11 +54,12 @@ from hydiscgan_fl.training.central import generated_features, real_features, run
 
 # Most privacy-preserving first; the federated ones are the run-config `method` of the same name, or a
 # variant of HyDiscGAN with the run-config keys of FEDERATED_VARIANTS.
-METHODS = ("text-only", "hydiscgan", "hydiscgan-server-msa", "hydiscgan-float16", "hydiscgan-central",
-           "fedavg-multimodal", "central-multimodal")
+METHODS = ("text-only", "hydiscgan", "hydiscgan-server-msa", "hydiscgan-float16", "hydiscgan-secaggplus",
+           "hydiscgan-central", "fedavg-multimodal", "central-multimodal")
 FEDERATED_VARIANTS = {"hydiscgan": {"method": "hydiscgan"},
                       "hydiscgan-server-msa": {"method": "hydiscgan", "msa-site": "server"},
                       "hydiscgan-float16": {"method": "hydiscgan", "transport-dtype": "float16"},
+                      "hydiscgan-secaggplus": {"method": "hydiscgan", "secure-aggregation": "secaggplus"},
                       "fedavg-multimodal": {"method": "fedavg-multimodal"}}
 FEDERATED_METHODS = tuple(FEDERATED_VARIANTS)
 METRIC_COLUMNS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr", "acc2", "f1")
