@@ -258,3 +258,39 @@ def test_flwr_run_with_secure_aggregation_completes(tmp_path):
     assert [(r["stage"], int(r["replies_ok"])) for r in rows] == [("align", 3), ("msa", 3)]
     clients = list(csv.DictReader((outcome.run_dir / "clients.csv").open()))
     assert {c["status"] for c in clients} == {"ok"}
+
+
+def test_a_whole_run_recovers_a_client_that_crashes_after_sharing_keys(tmp_path):
+    """The real ServerApp over in-process ClientApps (examples/in_process.py): one of five clients crashes
+    in training every round, after sharing its keys; the others' sum is unmasked and the run completes."""
+    import csv
+    import secrets
+
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    import client_app
+    import server_app
+    from examples.in_process import InProcessGrid
+
+    def crashing_client(message, context):
+        if context.node_id == 1002 and message.metadata.message_type == "train":
+            raise RuntimeError("crashed after sharing keys")
+        return client_app.app(message, context)
+
+    run_config = {**HyDiscGANConfig().to_run_config(), "dataset": "synthetic", "rounds-align": 1, "rounds-msa": 1,
+                  "local-epochs": 1, "output-dir": str(tmp_path), "secure-aggregation": "secaggplus"}
+    run_id = secrets.randbits(62)
+    grid = InProcessGrid(5, run_config, run_id, client=crashing_client)
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 0, 1
+    try:
+        server_app.app(grid, Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(),
+                                     run_config=run_config))
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    (run_dir,) = tmp_path.glob(f"*-run{run_id}")
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [(r["stage"], int(r["replies_ok"]), int(r["replies_error"])) for r in rows] == [("align", 4, 1), ("msa", 4, 1)]
+    crashed = [c for c in csv.DictReader((run_dir / "clients.csv").open()) if c["status"] == "error"]
+    assert {c["node_id"] for c in crashed} == {"1002"} and "crashed after sharing keys" in crashed[0]["detail"]

@@ -23,13 +23,16 @@ their real features) is read here by the evaluator, never given to the attack.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import uuid4
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -82,15 +85,29 @@ class ListedNodes(Grid):
 
 
 class ClientAppGrid(ListedNodes):
-    """In-process clients: the project's ClientApp answers each message with its node's Context (the
-    ClientApp's own routing by message type), for the replay's secure-aggregation round trips."""
+    """In-process clients: the project's ClientApp (`client`) answers each message with its node's Context,
+    routed by message type as Flower routes it, one node after the other. As in Flower, a ClientApp that
+    raises becomes an error reply, and a reply that took longer than `timeout` is dropped. The replay's
+    secure-aggregation round trips use it, and examples/in_process.py runs whole runs over it."""
 
-    def __init__(self, contexts: dict[int, Context]):
+    def __init__(self, contexts: dict[int, Context], client: Callable[[Message, Context], Message] | None = None):
         super().__init__(contexts)
         self.contexts = contexts
+        self.client = client or client_app
 
-    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
-        return [client_app(message, self.contexts[message.metadata.dst_node_id]) for message in messages]
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid4())
+            started = time.monotonic()
+            try:
+                reply = self.client(message, self.contexts[message.metadata.dst_node_id])
+            except Exception as exc:  # noqa: BLE001 - Flower turns any ClientApp exception into an error reply
+                reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"),
+                                reply_to=message)
+            if timeout is None or time.monotonic() - started <= timeout:
+                replies.append(reply)
+        return replies
 
 
 def masked_reading(sent: ArrayRecord, masked: ArrayRecord, protocol: ConfigRecord) -> dict[str, torch.Tensor]:
