@@ -111,7 +111,8 @@ def check_capacity(num_vectors: int, quantization_range: int) -> None:
                          f"sum would wrap around; use a quantization range below {MODULUS // num_vectors}")
 
 
-def quantise(update: list[np.ndarray], scale: float, clipping_range: float, quantization_range: int) -> list[np.ndarray]:
+def quantise(update: list[np.ndarray], scale: float, clipping_range: float,
+             quantization_range: int) -> list[np.ndarray]:
     """`scale` x update, each coordinate clipped to [-clipping_range, clipping_range] and rounded
     stochastically (unbiased) onto the integers 0..quantization_range (Flower's `quantize`)."""
     scaled = [np.asarray(u, dtype=np.float64) * scale for u in update]

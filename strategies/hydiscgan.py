@@ -148,7 +148,8 @@ class HyDiscGANStrategy(Strategy):
             if refused:
                 raise ValueError(f"secure aggregation hides each client's update; the rules {refused} need them "
                                  "(use FedAvg, FedProx, FedAdam, FedYogi or FedAdagrad)")
-            if (dp is not None) != (secure_aggregation.clip_norm > 0) or (dp and dp.clip_norm != secure_aggregation.clip_norm):
+            dp_clip = dp.clip_norm if dp is not None else 0.0
+            if secure_aggregation.clip_norm != dp_clip:
                 raise ValueError("under speaker-level DP the clients clip to dp-clip-norm before masking: "
                                  "secure_aggregation.clip_norm must be the DP's clip norm (and 0 without DP)")
         self.secure_aggregation = secure_aggregation
@@ -310,12 +311,9 @@ class HyDiscGANStrategy(Strategy):
         total = round_.unmask(self._grid, masked)
         scale = round_.mean_scale(masked)
         base = from_transport(self._payload, self._sent)
-        for nid in masked:
-            self._pending[nid].bytes_up += round_.bytes_up[nid]
-        for nid, record in self._pending.items():
+        for nid, record in self._pending.items():  # the key and unmask stages' bytes count as the client's
             record.bytes_down += round_.bytes_down.get(nid, 0)
-            if nid not in masked:
-                record.bytes_up += round_.bytes_up.get(nid, 0)
+            record.bytes_up += round_.bytes_up.get(nid, 0)
         if self.dp is not None:  # the clients clipped with equal weights: the unmasked sum is DP-FedAvg's
             aggregated = [self.dp.aggregate_sum(base, total, len(masked), self.sampler.last_rate,
                                                 num_sampled=summary.sent)]

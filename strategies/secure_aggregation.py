@@ -247,7 +247,8 @@ class SecAggPlusRound:
                 continue
             record = reply.content.config_records.get(RECORD)
             if (record is None or len(reply.content) != 1 or set(record) != REPLY_KEYS[stage]):
-                self.failures[nid] = f"{stage}: the reply must hold exactly the record '{RECORD}' with {sorted(REPLY_KEYS[stage])}"
+                self.failures[nid] = (f"{stage}: the reply must hold exactly the record '{RECORD}' with "
+                                      f"{sorted(REPLY_KEYS[stage])}")
                 continue
             self.bytes_up[nid] += record_bytes(record)
             replies[nid] = record

@@ -96,7 +96,8 @@ def test_a_share_missing_at_unmask_fails_clearly():
     rnd = PARAMS.round(1, node_ids)
     states = {nid: {} for nid in node_ids}
     rnd.receive_setup({n: ConfigRecord(setup_reply(states[n], r, n, 1)) for n, r in rnd.setup_records().items()})
-    rnd.receive_share_keys({n: ConfigRecord(share_keys_reply(states[n], r)) for n, r in rnd.share_keys_records().items()})
+    rnd.receive_share_keys({n: ConfigRecord(share_keys_reply(states[n], r))
+                            for n, r in rnd.share_keys_records().items()})
     masked = {n: masked_update(states[n], r, random_updates([n])[n]) for n, r in rnd.train_records().items()}
     replies = {n: ConfigRecord(unmask_reply(states[n], r)) for n, r in list(rnd.unmask_records(masked).items())[:4]}
     with pytest.raises(SecureAggregationError, match="4 share"):
@@ -111,7 +112,8 @@ def test_clients_refuse_requests_out_of_order_or_for_both_secrets():
     with pytest.raises(ProtocolError, match="out of order"):
         share_keys_reply(states[1], ConfigRecord({"server-round": 7, "nids": [], "pk1s": [], "pk2s": []}))
     rnd.receive_setup({n: ConfigRecord(setup_reply(states[n], r, n, 1)) for n, r in setup.items()})
-    rnd.receive_share_keys({n: ConfigRecord(share_keys_reply(states[n], r)) for n, r in rnd.share_keys_records().items()})
+    rnd.receive_share_keys({n: ConfigRecord(share_keys_reply(states[n], r))
+                            for n, r in rnd.share_keys_records().items()})
     masked = {n: masked_update(states[n], r, random_updates([n])[n]) for n, r in rnd.train_records().items()}
     with pytest.raises(ProtocolError, match="both secrets"):
         unmask_reply(dict(states[1]), ConfigRecord({"server-round": 7, "active": [1, 2, 3, 4], "dead": [2]}))
@@ -224,7 +226,8 @@ def test_strategy_aggregates_the_masked_updates_as_fedavg(task_identity):
         nid = msg.metadata.dst_node_id
         update = dict(zip(["generator.w", "generator.b"], updates[nid]))
         metrics = MetricRecord({"num-examples": claims[nid]})
-        vectors = masked_update(grid.states[nid], msg.content[RECORD], [update[k] for k in sorted(update)])  # masked in sorted key order
+        # the client masks in sorted key order
+        vectors = masked_update(grid.states[nid], msg.content[RECORD], [update[k] for k in sorted(update)])
         replies.append(Message(RecordDict({MASKED: ArrayRecord(dict(zip(sorted(update), map(Array, vectors)))),
                                            "metrics": metrics}), reply_to=msg))
         trained = {k: Array(arrays[k].numpy() + update[k]) for k in update}
@@ -238,7 +241,8 @@ def test_strategy_aggregates_the_masked_updates_as_fedavg(task_identity):
     summary = strategy.rounds[-1]
     assert summary.replies_ok == 4
     # the key stages' bytes count: more up and down than without secure aggregation
-    assert all(c.bytes_down > p.bytes_down and c.bytes_up > 0 for c, p in zip(summary.clients, plain.rounds[-1].clients))
+    assert all(c.bytes_down > p.bytes_down and c.bytes_up > 0
+               for c, p in zip(summary.clients, plain.rounds[-1].clients))
 
 
 def test_flwr_run_with_secure_aggregation_completes(tmp_path):
@@ -291,6 +295,7 @@ def test_a_whole_run_recovers_a_client_that_crashes_after_sharing_keys(tmp_path)
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
     (run_dir,) = tmp_path.glob(f"*-run{run_id}")
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
-    assert [(r["stage"], int(r["replies_ok"]), int(r["replies_error"])) for r in rows] == [("align", 4, 1), ("msa", 4, 1)]
+    assert [(r["stage"], int(r["replies_ok"]), int(r["replies_error"])) for r in rows] == [("align", 4, 1),
+                                                                                             ("msa", 4, 1)]
     crashed = [c for c in csv.DictReader((run_dir / "clients.csv").open()) if c["status"] == "error"]
     assert {c["node_id"] for c in crashed} == {"1002"} and "crashed after sharing keys" in crashed[0]["detail"]

@@ -46,7 +46,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..n-1 (default: %(default)s)")
     parser.add_argument("--attack", action="store_true", help="also run the update attacks on what the server sees")
     parser.add_argument("--timeout-s", type=float, default=6 * 3600, help="per run (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("bench-out/secagg"), help="output folder (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/secagg"),
+                        help="output folder (default: %(default)s)")
     parser.set_defaults(handler=run)
 
 
