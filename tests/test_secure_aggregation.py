@@ -299,3 +299,18 @@ def test_a_whole_run_recovers_a_client_that_crashes_after_sharing_keys(tmp_path)
                                                                                              ("msa", 4, 1)]
     crashed = [c for c in csv.DictReader((run_dir / "clients.csv").open()) if c["status"] == "error"]
     assert {c["node_id"] for c in crashed} == {"1002"} and "crashed after sharing keys" in crashed[0]["detail"]
+
+
+def test_the_cost_table_shows_mean_and_std_per_mode_and_skips_unmeasured_columns():
+    import pandas as pd
+
+    from hydiscgan_fl.orchestration.secagg_cost import COLUMNS, report
+
+    base = dict.fromkeys(COLUMNS, float("nan"))
+    rows = [{**base, "dataset": "mosi-bclstm", "clients": 8, "secure_aggregation": mode, "seed": seed, "rounds": 24,
+             "bytes_up_per_client_round": up, "bytes_down_per_client_round": 2.0, "first_round_s": 1.0,
+             "s_per_round": 1.0, "acc2": 0.75 + seed / 100, "wall_s": 1.0, "date": "2026-12-02"}
+            for mode, up in (("none", 100.0), ("secaggplus", 110.0)) for seed in (0, 1)]
+    text = report(pd.DataFrame(rows))
+    assert "| mosi-bclstm | 8 | secaggplus | 2 |" in text and "110 ± 0" in text and "0.755 ± 0.0071" in text
+    assert "update_membership" not in text  # not measured (no --attack)
