@@ -270,8 +270,7 @@ def test_compose_topology_runs_with_tls_and_supernode_auth(tmp_path: Path) -> No
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
         f'address = "127.0.0.1:{ports["superlink"]}"\nroot-certificates = "{deploy / "certs/ca.crt"}"\n')
 
-    # 180 s: on the loaded 2-core machine (load 25) one `flwr list` took over 60 s (2026-12-02).
-    def flwr(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    def flwr(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([str(bindir / "flwr"), *args], env=cli_env, cwd=tmp_path, capture_output=True,
                               text=True, timeout=timeout)
 
