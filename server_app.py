@@ -14,6 +14,7 @@ from strategies.hydiscgan import RoundEndHook, ServerStage
 from strategies.aggregation import component_rules
 from strategies.bookkeeping import RoundSummary
 from strategies.dp import speaker_level_dp
+from strategies.secure_aggregation import secure_aggregation
 
 app = ServerApp()
 
@@ -62,6 +63,7 @@ def main(grid: Grid, context: Context) -> None:
         msa_site=cfg.msa_site,
         server_stage=server_msa_stage(server) if cfg.msa_site == "server" else None,
         transport_dtype=cfg.transport_dtype,
+        secure_aggregation=secure_aggregation(cfg),
         on_round_end=round_recorder(server),
         task=cfg.task,
     )

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from clients.local_data import (
     check_dims,
@@ -34,8 +34,9 @@ from clients.local_data import (
     client_name,
     client_seed_key,
 )
+from clients import secure_aggregation
 from clients.persistence import client_state_dir, restore_client_state, save_client_state
-from clients.simulated_faults import claimed_examples, injected_fault, is_byzantine, poison
+from clients.simulated_faults import injected_fault, is_byzantine, poison, reported_examples
 from hydiscgan_fl.config import AFFECT_STAGE, HyDiscGANConfig
 from hydiscgan_fl.data import MultimodalDataset
 from hydiscgan_fl.models import (
@@ -61,6 +62,7 @@ from hydiscgan_fl.training import (
 from hydiscgan_fl.training.affect import AffectTensors, train_affect
 from hydiscgan_fl.training.privileged import build_multitask_head, local_distill, local_multitask
 from hydiscgan_fl.training.videos import Videos
+from secagg.protocol import MASKED, RECORD
 
 PRIVATE_STATE_KEY = "private-models"
 TEACHER_STATE_KEY = "distill-teacher"  # the distill baseline's multimodal teacher
@@ -219,13 +221,27 @@ def train(msg: Message, context: Context) -> Message:
         save_client_state(context.state, state_dir, server_round)
 
     reply = {key: state[key] for key in received}  # exactly what was sent, updated
+    num_examples = reported_examples(cfg, context, num_examples)
     if is_byzantine(cfg, context):
         reply = poison(reply, received, cfg.byzantine_mode, seed)
-        num_examples = claimed_examples(cfg.byzantine_mode, num_examples)
-    # transport-dtype float16: the server sent half precision, the update goes back in half precision too
-    reply = {key: value.half() if received[key].dtype == torch.float16 else value for key, value in reply.items()}
+    if RECORD in msg.content.config_records:  # secure aggregation: only the masked update leaves
+        arrays = {MASKED: masked_reply(msg.content[RECORD], reply, received, context)}
+    else:  # transport-dtype float16: the server sent half precision, the update goes back in half precision too
+        arrays = {"arrays": ArrayRecord({key: value.half() if received[key].dtype == torch.float16 else value
+                                         for key, value in reply.items()})}
     metrics = {f"loss-{key.removeprefix('loss_').replace('_', '-')}": float(v) for key, v in losses.items()}
     metrics.update({key.replace("_", "-"): value for key, value in privacy.items()})  # PRIVACY_METRIC_KEYS
     metrics.update({WEIGHT_KEY: num_examples, TIMING_KEY: time.perf_counter() - started})
     metrics = releasable_metrics(metrics, stage, cfg.dp_unit, who)
-    return Message(RecordDict({"arrays": ArrayRecord(reply), "metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({**arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def masked_reply(config: ConfigRecord, trained: dict[str, torch.Tensor], received: dict[str, torch.Tensor],
+                 context: Context) -> ArrayRecord:
+    """The update (trained - received, in float32) masked for secure aggregation, keyed as sent."""
+    keys = sorted(received)
+    update = [(trained[key].float() - received[key].float()).cpu().numpy() for key in keys]
+    state = secure_aggregation.load_state(context)
+    masked = secure_aggregation.masked_update(state, config, update)
+    secure_aggregation.save_state(context, state)
+    return ArrayRecord({key: Array(vector) for key, vector in zip(keys, masked)})

@@ -14,6 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 
 from clients.local_data import client_seed_key
+from clients.secure_aggregation import STATE_KEY as SECAGG_STATE_KEY
 from hydiscgan_fl.config import HyDiscGANConfig
 
 
@@ -26,11 +27,13 @@ def client_state_dir(cfg: HyDiscGANConfig, context: Context, name: str) -> Path:
 
 
 def save_client_state(state: RecordDict, folder: Path, server_round: int) -> None:
-    """Write `context.state` as round-<r>.pt (tensors and plain values); keep the two newest files."""
+    """Write `context.state` as round-<r>.pt (tensors and plain values); keep the two newest files. The
+    round's secure-aggregation secrets are not written: they serve this round only."""
     folder.mkdir(parents=True, exist_ok=True)
     payload = {"arrays": {key: record.to_torch_state_dict() for key, record in state.array_records.items()},
                "metrics": {key: dict(record) for key, record in state.metric_records.items()},
-               "configs": {key: dict(record) for key, record in state.config_records.items()}}
+               "configs": {key: dict(record) for key, record in state.config_records.items()
+                           if key != SECAGG_STATE_KEY}}
     tmp = folder / f".round-{server_round}.pt.tmp"
     torch.save(payload, tmp)
     os.replace(tmp, folder / f"round-{server_round}.pt")
@@ -39,9 +42,10 @@ def save_client_state(state: RecordDict, folder: Path, server_round: int) -> Non
 
 
 def restore_client_state(context: Context, folder: Path, server_round: int) -> None:
-    """A resumed run starts with an empty `context.state`: read what this client saved last before this round."""
+    """A resumed run starts with an empty `context.state` (but for this round's secure-aggregation state):
+    read what this client saved last before this round."""
     saved = [path for path in folder.glob("round-*.pt") if _round_of(path) < server_round]
-    if context.state or not saved:
+    if any(key != SECAGG_STATE_KEY for key in context.state) or not saved:
         return
     payload = torch.load(max(saved, key=_round_of), weights_only=True)
     for key, arrays in payload["arrays"].items():

@@ -40,3 +40,8 @@ def claimed_examples(mode: str, honest: int) -> int:
     """The `num-examples` a Byzantine client reports: "inflate" claims INFLATED_EXAMPLES, so that its
     poisoned update would outweigh every honest one in an example-weighted rule; other modes the truth."""
     return INFLATED_EXAMPLES if mode == "inflate" else honest
+
+
+def reported_examples(cfg: HyDiscGANConfig, context: Context, honest: int) -> int:
+    """The `num-examples` this client reports: the truth, or what a Byzantine client claims."""
+    return claimed_examples(cfg.byzantine_mode, honest) if is_byzantine(cfg, context) else honest

@@ -14,49 +14,28 @@ applies to each client's own time, as if they ran in parallel).
 from __future__ import annotations
 
 import secrets
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from uuid import uuid4
 
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.common.constant import ErrorCode
-from flwr.serverapp import Grid
+from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 import client_app
 import server_app
 from hydiscgan_fl.config import HyDiscGANConfig
+from hydiscgan_fl.orchestration.update_replay import ClientAppGrid
 
-class InProcessGrid(Grid):
+class InProcessGrid(ClientAppGrid):
     """`num_nodes` simulated SuperNodes (node ids 1001.., partition ids 0..) answered by `client`."""
 
     def __init__(self, num_nodes: int, run_config: dict, run_id: int = 1,
                  client: Callable[[Message, Context], Message] = client_app.app):
-        self.client = client
-        self.contexts = {
+        super().__init__({
             1001 + pid: Context(run_id=run_id, node_id=1001 + pid, node_config={"partition-id": pid,
                                 "num-partitions": num_nodes}, state=RecordDict(), run_config=dict(run_config))
             for pid in range(num_nodes)
-        }
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        replies = []
-        for message in messages:
-            message.metadata.__dict__["_message_id"] = str(uuid4())
-            started = time.monotonic()
-            try:
-                reply = self.client(message, self.contexts[message.metadata.dst_node_id])
-            except Exception as exc:  # noqa: BLE001 - Flower turns any ClientApp exception into an error reply
-                reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"),
-                                reply_to=message)
-            if timeout is None or time.monotonic() - started <= timeout:
-                replies.append(reply)
-        return replies
+        }, client)
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # noqa: ANN001, ANN201
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
@@ -67,12 +46,6 @@ class InProcessGrid(Grid):
     @property
     def run(self):  # noqa: ANN201
         raise NotImplementedError("an in-process federation has one fixed run")
-
-    def push_messages(self, messages):  # noqa: ANN001, ANN201
-        raise NotImplementedError("use send_and_receive")
-
-    def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
-        raise NotImplementedError("use send_and_receive")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,10 @@ SERVER_STAGE = "server-msa"
 # The affect task's one stage: clients train the recurrent affect model on their own windows every round.
 AFFECT_STAGE = "affect"
 _AFFECT_DATASET_RE = re.compile(r"^(affect-synthetic(:\d+)?|openface:.+)$")
+# Rules whose aggregate is a function of the clients' example-weighted mean update alone: the only ones
+# secure aggregation can run, since the server sees that sum and no individual update (median, trimmed
+# mean and Krum need every update; a user's rule 'pkg.module:Class' cannot be checked).
+SECURE_AGGREGATION_RULES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
 _RULE_RE = re.compile(r"^([a-z][a-z0-9-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
 
 
@@ -169,6 +173,17 @@ class HyDiscGANConfig(BaseModel):
     affect_hidden: int = Field(32, ge=2)
     affect_loss: Literal["ccc", "mse"] = "ccc"
     affect_window: int = Field(20, ge=2)
+    # Secure aggregation [secure-aggregation, secagg-shares, secagg-threshold, secagg-clipping-range,
+    # secagg-quantization-range] (docs/secure-aggregation.md): "secaggplus" = the server receives masked
+    # updates and learns only their sum (SecAgg+). Each client's secrets are shared among `secagg-shares` of the
+    # round's clients (1.0 = all: SecAgg), `secagg-threshold` of those shares reconstruct one; each coordinate of a
+    # client's weighted update is clipped to +-`secagg-clipping-range` and rounded onto `secagg-quantization-range`
+    # integer levels (the aggregate's error per coordinate is below n x 2 x range / levels x w_max / sum w).
+    secure_aggregation: Literal["none", "secaggplus"] = "none"
+    secagg_shares: float = Field(1.0, gt=0.0, le=1.0)
+    secagg_threshold: float = Field(0.6, gt=0.5, le=1.0)
+    secagg_clipping_range: float = Field(1.0, gt=0.0)
+    secagg_quantization_range: int = Field(2**22, ge=2, lt=2**32)
 
     @field_validator("dataset")
     @classmethod
@@ -260,6 +275,8 @@ class HyDiscGANConfig(BaseModel):
             raise ValueError(f"ablation and inference are HyDiscGAN's; method {self.method!r} has no generator "
                              "(leave them 'none' and 'z0')")
         self._check_task()
+        if self.secure_aggregation != "none":
+            self._check_secure_aggregation()
         if self.msa_site == "server" and self.local_components:
             raise ValueError("msa-site 'server' trains G and M on the server; a personalised component "
                              f"({', '.join(self.local_components)}) would never be trained by it")
@@ -286,6 +303,22 @@ class HyDiscGANConfig(BaseModel):
                                  f"{key} {value!r} does not apply to it")
         if self.dp_unit == "utterance":
             raise ValueError("task 'affect' supports dp-unit 'speaker' (participant-level DP-FedAvg) only")
+
+    def _check_secure_aggregation(self) -> None:
+        """Secure aggregation hides each update: refuse what needs one (docs/secure-aggregation.md)."""
+        for field in ("aggregation", "aggregation_generator", "aggregation_msa"):
+            rule = getattr(self, field)
+            if rule in ("", LOCAL_RULE) or rule in SECURE_AGGREGATION_RULES:
+                continue
+            why = ("a user's rule cannot be checked to need only the sum" if ":" in rule
+                   else "it needs every client's individual update, which the server no longer sees")
+            raise ValueError(f"secure-aggregation 'secaggplus' cannot run {field.replace('_', '-')} {rule!r}: {why}; "
+                             f"use one of {list(SECURE_AGGREGATION_RULES)}")
+        if self.dp_unit == "speaker" and self.secagg_clipping_range < self.dp_clip_norm:
+            # Each client clips its update to L2 norm dp-clip-norm before masking: then no coordinate exceeds it.
+            raise ValueError(f"secure-aggregation with dp-unit 'speaker' needs secagg-clipping-range >= dp-clip-norm "
+                             f"({self.secagg_clipping_range} < {self.dp_clip_norm}): a clipped update's coordinates "
+                             "reach dp-clip-norm")
 
     @property
     def total_rounds(self) -> int:

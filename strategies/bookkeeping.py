@@ -84,7 +84,8 @@ def classify_replies(pending: dict[int, ClientRound], replies: Iterable[Message]
             continue
         metrics = reply.content["metrics"]
         record.status = "ok"
-        record.bytes_up = reply.content["arrays"].count_bytes() + metrics.count_bytes()
+        record.bytes_up = sum(arrays.count_bytes() for arrays in reply.content.array_records.values()) \
+            + metrics.count_bytes()
         record.num_examples = int(metrics[WEIGHT_KEY])
         record.train_s = float(metrics.get(TIMING_KEY, 0.0))
         valid.append(reply)

@@ -20,7 +20,10 @@ aggregated. Replies are aggregated in a canonical order (by content), so a run d
 arrival order; a client's claimed num-examples is capped at `max_examples_ratio` times the round's
 median claim. With speaker-level DP (`dp`) the sent components are aggregated by DP-FedAvg instead of
 the rules, and clients are sampled with secret randomness; with utterance-level DP the clients report
-their cumulative epsilon. Every round's row carries the run's cumulative privacy figures.
+their cumulative epsilon. Every round's row carries the run's cumulative privacy figures. With secure
+aggregation (`secure_aggregation`, strategies.secure_aggregation) the round's train round trip sits
+between SecAgg+'s key stages and its unmask stage, and the server aggregates the unmasked weighted mean
+of the clients' updates, never an individual one.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi, Strategy
 
 from hydiscgan_fl.config import LOCAL_RULE, METHODS, SERVER_STAGE, SINGLE_STAGE, HyDiscGANConfig, stage_of_round
 from hydiscgan_fl.privacy.ledger import PrivacyLedger
@@ -49,8 +53,10 @@ from strategies.records import (
     merge_arrays,
     to_transport,
 )
+from secagg.protocol import MASKED, RECORD
 from strategies.replies import content_digest, reply_problem
 from strategies.sampling import NodeSampler
+from strategies.secure_aggregation import SecAggPlus, SecAggPlusRound
 
 # The server's own stage: new global arrays and training metrics from the current ones, no client work.
 ServerStage = Callable[[int, ArrayRecord], tuple[ArrayRecord, dict[str, float]]]
@@ -60,6 +66,10 @@ RoundEndHook = Callable[[RoundSummary, ArrayRecord, dict], None]
 
 class TooFewRepliesError(RuntimeError):
     """Fewer clients replied usefully than the configured minimum."""
+
+
+# The rules whose aggregate depends on the weighted mean update alone (hydiscgan_fl.config.SECURE_AGGREGATION_RULES).
+_MEAN_RULES = (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad)
 
 
 class HyDiscGANStrategy(Strategy):
@@ -85,6 +95,8 @@ class HyDiscGANStrategy(Strategy):
     msa_site : "clients" (stage 2 on the clients) or "server" (stage 2 by `server_stage`, no client work).
     server_stage : the server's stage-2 round (needed with msa_site "server").
     transport_dtype : "float32", or "float16": floating arrays travel in half precision both ways.
+    secure_aggregation : SecAgg+ (the server sees only the sum of the updates); needs mean-based rules; with
+        `dp` its clip_norm must be the DP's (the clients clip before masking).
     on_round_end : called after each round (recording, checkpointing).
     task : "sentiment", or "affect": stage "affect" in every round, M (the affect model) only.
     """
@@ -108,6 +120,7 @@ class HyDiscGANStrategy(Strategy):
         msa_site: str = "clients",
         server_stage: ServerStage | None = None,
         transport_dtype: str = "float32",
+        secure_aggregation: SecAggPlus | None = None,
         on_round_end: RoundEndHook | None = None,
         task: str = "sentiment",
     ):
@@ -134,6 +147,19 @@ class HyDiscGANStrategy(Strategy):
                                   for agg in self.aggregators.values()):
             raise ValueError("speaker-level DP aggregates with DP-FedAvg; it cannot be combined with another "
                              "aggregation rule")
+        if secure_aggregation is not None:
+            refused = [f"{name}: {type(agg.rule).__name__}" for name, agg in self.aggregators.items()
+                       if type(agg.rule) not in _MEAN_RULES]
+            if refused:
+                raise ValueError(f"secure aggregation hides each client's update; the rules {refused} need them "
+                                 "(use FedAvg, FedProx, FedAdam, FedYogi or FedAdagrad)")
+            dp_clip = dp.clip_norm if dp is not None else 0.0
+            if secure_aggregation.clip_norm != dp_clip:
+                raise ValueError("under speaker-level DP the clients clip to dp-clip-norm before masking: "
+                                 "secure_aggregation.clip_norm must be the DP's clip norm (and 0 without DP)")
+        self.secure_aggregation = secure_aggregation
+        self._secagg_round: SecAggPlusRound | None = None
+        self._grid: Grid | None = None
         self.dp = dp
         self.dp_unit = dp_unit
         self.max_examples_ratio = max_examples_ratio
@@ -179,6 +205,7 @@ class HyDiscGANStrategy(Strategy):
         self.rounds.append(summary)
         self._global = arrays
         self._pending = {}
+        self._secagg_round = None
         if summary.stage == SERVER_STAGE:
             log(INFO, "round %d (%s): no client work, the server trains", summary.server_round, summary.stage)
             return []
@@ -186,16 +213,28 @@ class HyDiscGANStrategy(Strategy):
         self._sent = components_payload(arrays, self.sent_components(summary.stage))
         payload = self._payload = to_transport(self._sent, self.transport_dtype)
         client_config = self._client_config(summary, arrays, config, node_ids, grid)
-        contents = {nid: RecordDict({"arrays": payload, "config": self.handshake.config_for(nid, client_config)})
-                    for nid in node_ids}
-        self.handshake.sent(node_ids)
         summary.sent = len(node_ids)
-        self._pending = {nid: ClientRound(summary.server_round, summary.stage, nid, "timeout",
-                                          payload.count_bytes() + contents[nid]["config"].count_bytes())
-                         for nid in node_ids}
+        self._pending = {nid: ClientRound(summary.server_round, summary.stage, nid, "timeout", 0) for nid in node_ids}
+        protocol = self._secagg_key_stages(summary, node_ids, grid) if self.secure_aggregation is not None else {}
+        trained = [nid for nid in node_ids if not protocol or nid in protocol]
+        contents = {nid: RecordDict({"arrays": payload, "config": self.handshake.config_for(nid, client_config),
+                                     **({RECORD: protocol[nid]} if protocol else {})}) for nid in trained}
+        self.handshake.sent(trained)
+        for nid in trained:
+            self._pending[nid].bytes_down += sum(record.count_bytes() for record in contents[nid].values())
         log(INFO, "round %d (%s): sending %s to %d node(s)", summary.server_round, summary.stage,
-            "+".join(self.sent_components(summary.stage)) or "no shared component", len(node_ids))
-        return [Message(content=contents[nid], dst_node_id=nid, message_type=MessageType.TRAIN) for nid in node_ids]
+            "+".join(self.sent_components(summary.stage)) or "no shared component", len(trained))
+        return [Message(content=contents[nid], dst_node_id=nid, message_type=MessageType.TRAIN) for nid in trained]
+
+    def _secagg_key_stages(self, summary: RoundSummary, node_ids: list[int], grid: Grid) -> dict[int, ConfigRecord]:
+        """SecAgg+'s setup and share-keys round trips; each remaining node's protocol record for the train
+        message. A node that left the protocol is recorded as an error of the round."""
+        self._grid = grid
+        self._secagg_round = self.secure_aggregation.round(summary.server_round, node_ids)
+        records = self._secagg_round.key_stages(grid)
+        for nid, why in self._secagg_round.failures.items():
+            self._pending[nid].status, self._pending[nid].detail = "error", f"secure aggregation {why}"
+        return records
 
     def _client_config(self, summary: RoundSummary, arrays: ArrayRecord, config: ConfigRecord, node_ids: list[int],
                        grid: Grid) -> ConfigRecord:
@@ -221,10 +260,15 @@ class HyDiscGANStrategy(Strategy):
             self._global, summary.train_metrics = self.server_stage(summary.server_round, self._global)
         else:
             valid = self._valid_replies(summary, replies)
-            valid.sort(key=content_digest)  # canonical order: floating-point sums do not depend on arrival
-            weights = capped_weights([int(reply.content["metrics"][WEIGHT_KEY]) for reply in valid],
-                                     self.max_examples_ratio)
-            self._global = merge_arrays(self._global, self._aggregate(summary, valid, weights))
+            if self._secagg_round is not None:
+                weights = [self._secagg_round.weights[reply.metadata.src_node_id] for reply in valid]
+                aggregated = self._aggregate_securely(summary, valid)
+            else:
+                valid.sort(key=content_digest)  # canonical order: floating-point sums do not depend on arrival
+                weights = capped_weights([int(reply.content["metrics"][WEIGHT_KEY]) for reply in valid],
+                                         self.max_examples_ratio)
+                aggregated = self._aggregate(summary, valid, weights)
+            self._global = merge_arrays(self._global, aggregated)
             summary.train_metrics = weighted_metrics(valid, weights)
         summary.privacy = dict(self.privacy)
         if self.on_round_end is not None:
@@ -233,8 +277,9 @@ class HyDiscGANStrategy(Strategy):
 
     def _valid_replies(self, summary: RoundSummary, replies: Iterable[Message]) -> list[Message]:
         """The usable replies, the round's client records filled in; TooFewRepliesError below the minimum."""
-        valid = classify_replies(self._pending, replies,
-                                 lambda reply: reply_problem(reply.content, self._payload, summary.stage, self.dp_unit))
+        secure = self._secagg_round is not None
+        valid = classify_replies(self._pending, replies, lambda reply: reply_problem(
+            reply.content, self._payload, summary.stage, self.dp_unit, secure=secure))
         summary.clients = list(self._pending.values())
         summary.replies_ok, summary.replies_failed = len(valid), summary.sent - len(valid)
         self.handshake.failed(c.node_id for c in summary.failures())  # resend the ids next time
@@ -261,6 +306,31 @@ class HyDiscGANStrategy(Strategy):
         return [self.aggregators[component].aggregate(
                     summary.server_round, [(reply, component_arrays(arrays, component), weight)
                                            for reply, arrays, weight in per_client])
+                for component in self.sent_components(summary.stage)]
+
+    def _aggregate_securely(self, summary: RoundSummary, valid: list[Message]) -> list[ArrayRecord]:
+        """SecAgg+'s unmask round trip, then each component's rule over the unmasked weighted mean: the new
+        arrays are what the clients received (cast back to float32) plus the mean update, shown to the rule
+        as the one reply it aggregates (FedAvg returns it; FedAdam & co. take their step from it)."""
+        round_ = self._secagg_round
+        keys = sorted(self._sent)
+        masked = {reply.metadata.src_node_id: [reply.content[MASKED][key].numpy() for key in keys] for reply in valid}
+        total = round_.unmask(self._grid, masked)
+        scale = round_.mean_scale(masked)
+        base = from_transport(self._payload, self._sent)
+        for nid, record in self._pending.items():  # the key and unmask stages' bytes count as the client's
+            record.bytes_down += round_.bytes_down.get(nid, 0)
+            record.bytes_up += round_.bytes_up.get(nid, 0)
+        if self.dp is not None:  # the clients clipped with equal weights: the unmasked sum is DP-FedAvg's
+            aggregated = [self.dp.aggregate_sum(base, total, len(masked), self.sampler.last_rate,
+                                                num_sampled=summary.sent)]
+            self.privacy = self.dp.report()
+            return aggregated
+        mean = ArrayRecord({key: Array((base[key].numpy().astype(np.float64) + scale * update).astype(np.float32))
+                            for key, update in zip(keys, total)})
+        self.privacy = clients_privacy(self.privacy, valid)
+        return [self.aggregators[component].aggregate(summary.server_round,
+                                                      [(valid[0], component_arrays(mean, component), 1)])
                 for component in self.sent_components(summary.stage)]
 
     # -- checkpoint ------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from strategies import HyDiscGANStrategy
 from tests.grids import StaticGrid
 
 CPU = torch.device("cpu")
-TINY = {"hidden_dim": 32, "embed_dim": 8, "batch_size": 16}
+# The per-utterance model: these tests drive the steps on bare splits without a video layout.
+TINY = {"msa_model": "mlp", "hidden_dim": 32, "embed_dim": 8, "batch_size": 16}
 
 
 def tiny(**overrides) -> HyDiscGANConfig:

@@ -355,32 +355,39 @@ def test_compose_topology_runs_with_tls_and_supernode_auth(tmp_path: Path) -> No
             expected = flag_values(localize(services[service]["command"], paths, ports, None))
             assert actual == expected, f"{owner}'s SuperExec {actual} differs from Compose {service} {expected}"
 
-        # Submit the run as a researcher would, then wait for it to finish.
-        run_config = {k: localize_path(v, server_paths) if isinstance(v, str) else v for k, v in RUN_CONFIG.items()}
-        submitted = flwr("run", str(ROOT), CONNECTION, "--run-config", toml_assignments(run_config), "--format", "json")
-        run_id = str(json_of(submitted).get("run-id", ""))
-        assert run_id, f"flwr run failed: {submitted.stdout}{submitted.stderr}"
-        phase(f"run {run_id} submitted")
+        def submit_and_wait(extra: dict) -> tuple[str, str]:
+            """Submit the run as a researcher would, wait for it to finish; its id and the ServerApp's log."""
+            run_config = {k: localize_path(v, server_paths) if isinstance(v, str) else v
+                          for k, v in {**RUN_CONFIG, **extra}.items()}
+            submitted = flwr("run", str(ROOT), CONNECTION, "--run-config", toml_assignments(run_config),
+                             "--format", "json")
+            run_id = str(json_of(submitted).get("run-id", ""))
+            assert run_id, f"flwr run failed: {submitted.stdout}{submitted.stderr}"
+            phase(f"run {run_id} submitted ({extra or 'defaults'})")
 
-        # Each `flwr list` costs a CPU-second on this 2-core machine, so ask the SuperLink only every
-        # 10 s or once the ServerApp has written summary.json (its last file), and watch the folder meanwhile.
-        last_asked = time.monotonic()
-
-        def status() -> str:
-            nonlocal last_asked
-            procs.remember_descendants()
-            written = any((deploy / "results").glob(f"*-run{run_id}/summary.json"))
-            if not written and time.monotonic() - last_asked < 10:
-                return ""
+            # Each `flwr list` costs a CPU-second on this 2-core machine, so ask the SuperLink only every
+            # 10 s or once the ServerApp has written summary.json (its last file), and watch the folder meanwhile.
             last_asked = time.monotonic()
-            runs = json_of(flwr("list", CONNECTION, "--run-id", run_id, "--format", "json")).get("runs", [])
-            return runs[0]["status"] if runs and runs[0]["status"].startswith("finished") else ""
 
-        final = wait_for(f"run {run_id} to finish", status, 480, every=0.5)  # ~60 s on a quiet 2-core machine
-        log = flwr("log", run_id, CONNECTION, "--show").stdout
-        (tmp_path / "logs" / "serverapp.log").write_text(log)
-        assert final == "finished:completed", f"run {run_id}: {final}\n{log[-4000:]}\n{procs.logs_tail()}"
-        phase(f"run {run_id} {final}")
+            def status() -> str:
+                nonlocal last_asked
+                procs.remember_descendants()
+                written = any((deploy / "results").glob(f"*-run{run_id}/summary.json"))
+                if not written and time.monotonic() - last_asked < 10:
+                    return ""
+                last_asked = time.monotonic()
+                runs = json_of(flwr("list", CONNECTION, "--run-id", run_id, "--format", "json")).get("runs", [])
+                return runs[0]["status"] if runs and runs[0]["status"].startswith("finished") else ""
+
+            final = wait_for(f"run {run_id} to finish", status, 480, every=0.5)  # ~60 s on a quiet 2-core machine
+            log = flwr("log", run_id, CONNECTION, "--show").stdout
+            (tmp_path / "logs" / f"serverapp-{run_id}.log").write_text(log)
+            assert final == "finished:completed", f"run {run_id}: {final}\n{log[-4000:]}\n{procs.logs_tail()}"
+            phase(f"run {run_id} {final}")
+            return run_id, log
+
+        run_id, _ = submit_and_wait({})
+        run_config = {k: localize_path(v, server_paths) if isinstance(v, str) else v for k, v in RUN_CONFIG.items()}
 
         # The intruder never got in.
         wait_for("the intruder SuperNode to exit", lambda: intruder.poll() is not None, 60)
@@ -410,6 +417,14 @@ def test_compose_topology_runs_with_tls_and_supernode_auth(tmp_path: Path) -> No
         assert not (deploy / "results" / "client-state").exists()
         print(f"deployment run {run_id} completed in {time.monotonic() - started_at:.1f} s "
               f"(acc2={summary['acc2']:.3f}, f1={summary['f1']:.3f})")
+
+        # The same deployment with secure aggregation (docs/secure-aggregation.md): the key stages reach the
+        # SuperNodes' ClientApps over TLS, the server unmasks the sum of the three masked updates.
+        secure_id, secure_log = submit_and_wait({"secure-aggregation": "secaggplus"})
+        assert "secure aggregation keys shared by 3 of 3 client(s)" in secure_log, secure_log[-3000:]
+        with next((deploy / "results").glob(f"*-run{secure_id}")).joinpath("metrics.csv").open() as handle:
+            rows = list(csv.DictReader(handle))
+        assert [(r["stage"], int(r["replies_ok"])) for r in rows] == [("align", 3), ("msa", 3)], rows
     finally:
         leftover = procs.stop(addresses)
     assert not leftover, f"processes survived SIGKILL: {leftover}"

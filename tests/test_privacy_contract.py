@@ -125,3 +125,49 @@ def test_the_generator_actually_trains_so_the_contract_is_about_real_replies(tas
     reply = handlers.train(message, mosi_context(cfg))
     sent, returned = message.content["arrays"], reply.content["arrays"]
     assert not np.allclose(returned["generator.audio_head.weight"].numpy(), sent["generator.audio_head.weight"].numpy())
+
+
+# Secure aggregation's key stages (secagg.protocol): the exact keys of the protocol record each reply holds.
+SECAGG_STAGE_KEYS = {"query.secagg_setup": {"pk1", "pk2", "num-examples"},
+                     "query.secagg_share_keys": {"dsts", "ctxts"},
+                     "query.secagg_unmask": {"nids", "shares"}}
+
+
+def test_secure_aggregation_replies_hold_exactly_the_protocol_keys(task_identity):
+    """Through the real ClientApp (its routing by message type) on MOSI, three clients: every key-stage reply
+    holds one record 'secagg' with exactly its stage's keys; the train reply holds the masked update (uint32,
+    the sent keys and shapes, nothing else) and the ordinary metric allow-list; the server unmasks the sum."""
+    from hydiscgan_fl.orchestration.update_replay import ClientAppGrid
+    from strategies.secure_aggregation import secure_aggregation
+
+    cfg = HyDiscGANConfig(local_epochs=1, rounds_align=1, secure_aggregation="secaggplus")
+    shared = build_shared_models(cfg.load_dataset().dims, cfg, cfg.seed)
+    contexts = {100 + pid: Context(run_id=1, node_id=100 + pid, state=RecordDict(), run_config=cfg.to_run_config(),
+                                   node_config={"partition-id": pid, "num-partitions": 3}) for pid in range(3)}
+    seen: list[tuple[str, object]] = []
+
+    class RecordingGrid(ClientAppGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            replies = super().send_and_receive(messages, timeout=timeout)
+            seen.extend((m.metadata.message_type, r.content) for m, r in zip(messages, replies))
+            return replies
+
+    strategy = HyDiscGANStrategy(rounds_align=1, aggregation=component_rules(cfg), node_settle_s=0.0,
+                                 secure_aggregation=secure_aggregation(cfg))
+    grid = RecordingGrid(contexts)
+    messages = list(strategy.configure_train(1, ArrayRecord(shared.state_dict()), ConfigRecord(), grid))
+    replies = [handlers.train(message, contexts[message.metadata.dst_node_id]) for message in messages]
+    strategy.aggregate_train(1, replies)
+    assert [c.status for c in strategy.rounds[-1].clients] == ["ok"] * 3
+
+    assert sorted({kind for kind, _ in seen}) == sorted(SECAGG_STAGE_KEYS)
+    for kind, content in seen:
+        assert set(content.config_records) == {"secagg"} and not content.array_records and not content.metric_records
+        assert set(content["secagg"]) == SECAGG_STAGE_KEYS[kind], kind
+    for message, reply in zip(messages, replies):
+        content = reply.content
+        assert set(content.array_records) == {"masked"} and set(content.metric_records) == {"metrics"}
+        assert not content.config_records
+        assert set(content["masked"]) == set(message.content["arrays"])
+        assert {str(content["masked"][key].dtype) for key in content["masked"]} == {"uint32"}
+        assert set(content["metrics"]) == WITHOUT_DP_ALIGN

@@ -7,7 +7,8 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMAND_MODULES: tuple[str, ...] = ("partitions", "bench", "byzantine", "privacy_sweep", "evolve", "scale")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("partitions", "bench", "byzantine", "privacy_sweep", "evolve", "scale",
+                                      "secagg_cost")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,10 @@ more alignment round, exactly as the server can at any time:
 - the message is built by HyDiscGANStrategy.configure_train as in a run, the reply by the real
   `clients.handlers.train`, with the run's config: under utterance-level DP the reply is the
   DP-SGD-noised update; under speaker-level DP it is the client's raw update, as the server receives
-  it (DP-FedAvg clips and noises only the aggregate, so it protects the released model, not this).
+  it (DP-FedAvg clips and noises only the aggregate, so it protects the released model, not this);
+  under secure aggregation the server sees each client's masked update only (a uint32 vector mod 2^32):
+  the replay runs SecAgg+'s key stages through the real ClientApp (`ClientAppGrid`) and gives the attack
+  the server's reading of the masked vector as an update of G.
 
 Nothing of the replay is sent anywhere or saved; the ground truth (which utterances each client holds,
 their real features) is read here by the evaluator, never given to the attack.
@@ -20,16 +23,20 @@ their real features) is read here by the evaluator, never given to the attack.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import uuid4
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from client_app import app as client_app
 from clients import handlers
 from clients.local_data import client_dataset
 from clients.persistence import client_state_dir, restore_client_state
@@ -39,8 +46,10 @@ from hydiscgan_fl.privacy.attacks import update_attacks
 from hydiscgan_fl.run_files import load_state
 from hydiscgan_fl.training import pick_device, tensor_view, to_tensors
 from hydiscgan_fl.training.central import generated_features, real_features
+from secagg.protocol import MASKED, RECORD, dequantised_sum
 from strategies import HyDiscGANStrategy
 from strategies.aggregation import component_rules
+from strategies.secure_aggregation import secure_aggregation
 
 UPDATE_ATTACK_COLUMNS = ("update_membership_auc_mean", "update_membership_auc_max", "update_reconstruction_gain")
 FIRST_NODE_ID = 1001  # node ids of the replayed clients: FIRST_NODE_ID + partition id
@@ -73,6 +82,44 @@ class ListedNodes(Grid):
 
     def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
         raise NotImplementedError("nothing is sent")
+
+
+class ClientAppGrid(ListedNodes):
+    """In-process clients: the project's ClientApp (`client`) answers each message with its node's Context,
+    routed by message type as Flower routes it, one node after the other. As in Flower, a ClientApp that
+    raises becomes an error reply, and a reply that took longer than `timeout` is dropped. The replay's
+    secure-aggregation round trips use it, and examples/in_process.py runs whole runs over it."""
+
+    def __init__(self, contexts: dict[int, Context], client: Callable[[Message, Context], Message] | None = None):
+        super().__init__(contexts)
+        self.contexts = contexts
+        self.client = client or client_app
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid4())
+            started = time.monotonic()
+            try:
+                reply = self.client(message, self.contexts[message.metadata.dst_node_id])
+            except Exception as exc:  # noqa: BLE001 - Flower turns any ClientApp exception into an error reply
+                reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"),
+                                reply_to=message)
+            if timeout is None or time.monotonic() - started <= timeout:
+                replies.append(reply)
+        return replies
+
+
+def masked_reading(sent: ArrayRecord, masked: ArrayRecord, protocol: ConfigRecord) -> dict[str, torch.Tensor]:
+    """What a curious server can make of one masked update: the uint32 vector read as the client's quantised
+    scaled update (dequantised, rescaled by max-weight / weight), added to what it sent. Without the other
+    clients' masks this is uniform noise over +-clipping-range x max-weight / weight."""
+    keys = sorted(masked)
+    values = dequantised_sum([masked[key].numpy() for key in keys], 1, float(protocol["clipping-range"]),
+                             int(protocol["quantization-range"]))
+    scale = int(protocol["max-weight"]) / int(protocol["weight"])
+    return {key: torch.from_numpy((sent[key].numpy().astype(np.float64) + scale * value).astype(np.float32))
+            for key, value in zip(keys, values)}
 
 
 @dataclass(frozen=True)
@@ -109,25 +156,34 @@ def replay_alignment_round(run_dir: Path, num_clients: int) -> ReplayedRound:
         raise ValueError(f"run {run_dir} keeps G on the clients (aggregation-generator=\"local\"): the server "
                          "never receives an update of G to attack")
     replay = int(state["round"]) + 1
+    secure = secure_aggregation(cfg)
     strategy = HyDiscGANStrategy(rounds_align=replay, train_config={"local-epochs": cfg.local_epochs},
-                                 aggregation=component_rules(cfg), node_settle_s=0.0)
+                                 aggregation=component_rules(cfg), node_settle_s=0.0, secure_aggregation=secure)
     node_ids = [FIRST_NODE_ID + pid for pid in range(num_clients)]
     global_arrays = ArrayRecord({key: value for key, value in state["arrays"].items()})
     replies: dict[int, dict[str, torch.Tensor]] = {}
     with _replay_process():
-        messages = list(strategy.configure_train(replay, global_arrays, ConfigRecord(), ListedNodes(node_ids)))
+        contexts = {nid: _saved_context(cfg, state, nid - FIRST_NODE_ID, num_clients, replay) for nid in node_ids}
+        messages = list(strategy.configure_train(replay, global_arrays, ConfigRecord(), ClientAppGrid(contexts)))
         for message in messages:
             pid = message.metadata.dst_node_id - FIRST_NODE_ID
-            context = Context(run_id=1, node_id=message.metadata.dst_node_id, state=RecordDict(),
-                              node_config={"partition-id": pid, "num-partitions": num_clients},
-                              run_config=dict(state["config"]))
-            folder = client_state_dir(cfg, context, state["lineage"])
-            restore_client_state(context, folder, replay)
-            if not context.state:
-                raise FileNotFoundError(f"client partition-id={pid}: no saved state under {folder}; the replay "
-                                        "needs the state the client saved in the run")
-            replies[pid] = handlers.train(message, context).content["arrays"].to_torch_state_dict()
+            content = handlers.train(message, contexts[message.metadata.dst_node_id]).content
+            replies[pid] = (masked_reading(message.content["arrays"], content[MASKED], message.content[RECORD])
+                            if secure is not None else content["arrays"].to_torch_state_dict())
     return ReplayedRound(cfg, messages[0].content["arrays"].to_torch_state_dict(), replies)
+
+
+def _saved_context(cfg: HyDiscGANConfig, state: dict, pid: int, num_clients: int, replay: int) -> Context:
+    """Client `pid`'s Context as it saved it after the run's last round."""
+    context = Context(run_id=1, node_id=FIRST_NODE_ID + pid, state=RecordDict(),
+                      node_config={"partition-id": pid, "num-partitions": num_clients},
+                      run_config=dict(state["config"]))
+    folder = client_state_dir(cfg, context, state["lineage"])
+    restore_client_state(context, folder, replay)
+    if not context.state:
+        raise FileNotFoundError(f"client partition-id={pid}: no saved state under {folder}; the replay "
+                                "needs the state the client saved in the run")
+    return context
 
 
 def update_attack_row(run_dir: Path, num_clients: int) -> dict[str, float]:

@@ -59,12 +59,20 @@ class PrivacyLedger:
             raise ValueError(f"delta must be in (0, 1), got {delta}")
         self.delta = float(delta)
         self.accountants = {name: create_accountant(name) for name in ("rdp", "prv", "wdp")}
+        self.wdp_complete = True  # False once a step came without its clipped rows (secure aggregation)
 
-    def step(self, *, noise_multiplier: float, sample_rate: float, clip_norm: float, clipped_rows: np.ndarray) -> None:
+    def step(self, *, noise_multiplier: float, sample_rate: float, clip_norm: float,
+             clipped_rows: np.ndarray | None) -> None:
         """Record one release: N(0, (noise_multiplier * clip_norm)^2) added to the sum of `clipped_rows`
-        (each of norm <= clip_norm), the records sampled with probability `sample_rate`."""
-        distances = leave_one_out_sum_distances(clipped_rows)
-        for accountant in self.accountants.values():
+        (each of norm <= clip_norm), the records sampled with probability `sample_rate`. `clipped_rows`
+        None: the rows were not seen (secure aggregation); the Wasserstein figure, which needs them, is
+        then unknown for the rest of the run (NaN)."""
+        if clipped_rows is None:
+            self.wdp_complete = False
+        distances = leave_one_out_sum_distances(clipped_rows if clipped_rows is not None else np.zeros((0, 1)))
+        for name, accountant in self.accountants.items():
+            if name == "wdp" and clipped_rows is None:
+                continue
             accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate, clip_norm=clip_norm,
                             gradient_distances=distances)
 
@@ -79,16 +87,18 @@ class PrivacyLedger:
             return {
                 "epsilon_rdp": float(self.accountants["rdp"].get_epsilon(self.delta)),
                 "epsilon_prv": float(self.accountants["prv"].get_epsilon(self.delta)),
-                "wdp_loss": float(self.accountants["wdp"].get_loss()),
+                "wdp_loss": float(self.accountants["wdp"].get_loss()) if self.wdp_complete else float("nan"),
             }
 
     def to_json(self) -> str:
-        return json.dumps({"delta": self.delta, **{n: a.state_dict() for n, a in self.accountants.items()}})
+        return json.dumps({"delta": self.delta, "wdp-complete": self.wdp_complete,
+                           **{n: a.state_dict() for n, a in self.accountants.items()}})
 
     @classmethod
     def from_json(cls, text: str) -> PrivacyLedger:
         state = json.loads(text)
         ledger = cls(state["delta"])
+        ledger.wdp_complete = bool(state.get("wdp-complete", True))
         for name, accountant in ledger.accountants.items():
             accountant.load_state_dict(state[name])
         return ledger
