@@ -310,8 +310,12 @@ class HyDiscGANConfig(BaseModel):
             rule = getattr(self, field)
             if rule in ("", LOCAL_RULE) or rule in SECURE_AGGREGATION_RULES:
                 continue
-            why = ("a user's rule cannot be checked to need only the sum" if ":" in rule
-                   else "it needs every client's individual update, which the server no longer sees")
+            if ":" in rule:
+                why = "a user's rule cannot be checked to need only the sum"
+            elif rule == "mean":  # computable from a sum, but the protocol weighs clients by capped examples
+                why = "the protocol weighs each client by its capped num-examples; an unweighted mean is not built in"
+            else:
+                why = "it needs every client's individual update, which the server no longer sees"
             raise ValueError(f"secure-aggregation 'secaggplus' cannot run {field.replace('_', '-')} {rule!r}: {why}; "
                              f"use one of {list(SECURE_AGGREGATION_RULES)}")
         if self.dp_unit == "speaker" and self.secagg_clipping_range < self.dp_clip_norm:
