@@ -32,6 +32,16 @@ def build_multitask_head(feature_dim: int, dims: dict[str, int], seed: int) -> n
     return nn.Linear(feature_dim, dims["audio"] + dims["visual"])
 
 
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, model: nn.Module,
+          anchors: list[torch.Tensor] | None, proximal_mu: float) -> None:
+    """One optimiser step on `loss`, plus FedProx's proximal term to the round's received weights."""
+    if anchors is not None:
+        loss = loss + proximal_term(list(model.parameters()), anchors, proximal_mu)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def local_distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -63,11 +73,7 @@ def local_distill(
                 loss_distill = distillation_loss(outputs, targets, label_kind)
                 loss = loss + cfg.lambda_distill * loss_distill
                 history["loss_distill"].append(loss_distill.item())
-            if anchors is not None:
-                loss = loss + proximal_term(list(student.parameters()), anchors, proximal_mu)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            _step(optimizer, loss, student, anchors, proximal_mu)
             history["loss_task"].append(loss_task.item())
     return mean_of_history(history)
 
@@ -102,10 +108,6 @@ def local_multitask(
                 loss_aux = F.mse_loss(head(features), torch.cat([batch.audio, batch.visual], dim=1))
                 loss = loss + cfg.lambda_multitask * loss_aux
                 history["loss_multitask"].append(loss_aux.item())
-            if anchors is not None:
-                loss = loss + proximal_term(list(model.parameters()), anchors, proximal_mu)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            _step(optimizer, loss, model, anchors, proximal_mu)
             history["loss_task"].append(loss_task.item())
     return mean_of_history(history)
