@@ -74,6 +74,7 @@ ABLATIONS = {"hydiscgan-no-adv": {"lambda-adv": 0.0},
 INFERENCES = {"hydiscgan-mean-pred": {"inference": "mean-pred:10"},
               "hydiscgan-mean-fake": {"inference": "mean-fake:10"}}
 METHODS = ("text-only", "hydiscgan", *ABLATIONS, *INFERENCES, "hydiscgan-server-msa", "hydiscgan-float16",
+           "hydiscgan-server-msa-float16",
            "hydiscgan-secaggplus", "hydiscgan-central", "distill", "multitask", "fedavg-multimodal",
            "central-multimodal")
 # What a bench without --methods runs: HyDiscGAN against its baselines; ablations and variants on request.
@@ -82,6 +83,9 @@ FEDERATED_VARIANTS = {"hydiscgan": {"method": "hydiscgan"},
                       **{name: {"method": "hydiscgan", **keys} for name, keys in {**ABLATIONS, **INFERENCES}.items()},
                       "hydiscgan-server-msa": {"method": "hydiscgan", "msa-site": "server"},
                       "hydiscgan-float16": {"method": "hydiscgan", "transport-dtype": "float16"},
+                      # The cheapest recipe for a client: stage 1 only, sent in half precision.
+                      "hydiscgan-server-msa-float16": {"method": "hydiscgan", "msa-site": "server",
+                                                       "transport-dtype": "float16"},
                       "hydiscgan-secaggplus": {"method": "hydiscgan", "secure-aggregation": "secaggplus"},
                       "distill": {"method": "distill"},
                       "multitask": {"method": "multitask"},
