@@ -1,4 +1,5 @@
-"""One real Flower run: `flwr run` on a managed local SuperLink, Ray simulation, real MOSI data."""
+"""One real Flower run (`flwr run` on a managed local SuperLink, Ray simulation, real MOSI data), and a
+baseline method through the same apps in process."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 import torch
 
+from examples.in_process import run_in_process
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.orchestration.flwr_runner import LocalFederation
 from tests.sanity import above_chance
@@ -48,20 +50,18 @@ def test_flwr_run_completes_both_stages_and_writes_the_run_directory(tmp_path):
     assert checkpoint["dims"] == {"text": 100, "audio": 73, "visual": 100}
 
 
-def test_flwr_run_of_the_multitask_baseline_federates_the_text_model_only(tmp_path):
-    # The privileged-information baselines go through the same ServerApp, strategy and ClientApp (synthetic
-    # data, so the server can check the text model it tests against what the clients trained).
+def test_the_multitask_baseline_federates_the_text_model_only(tmp_path):
+    # The privileged-information baselines go through the same ServerApp, strategy and ClientApp as the run
+    # above; in process (examples/in_process.py) since Ray and the SuperLink add nothing method-specific.
     run_config = {"dataset": "synthetic", "method": "multitask", "msa-model": "mlp", "rounds-msa": 2, "local-epochs": 1,
                   "output-dir": str(tmp_path)}
-    with LocalFederation(flwr_home=tmp_path / "flwr-home") as federation:
-        outcome = federation.run(run_config, num_supernodes=2, timeout_s=600)
-    assert outcome.status == "finished:completed", outcome.log[-2000:]
-    rows = list(csv.DictReader((outcome.run_dir / "metrics.csv").open()))
+    run_dir = run_in_process(run_config, num_nodes=2).run_dir
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [(r["stage"], int(r["round"])) for r in rows] == [("multitask", 1), ("multitask", 2)]
     assert all(int(r["replies_ok"]) == 2 for r in rows)
-    summary = json.loads((outcome.run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["selected_round"] in (1, 2) and 0.0 <= summary["acc2"] <= 1.0
-    checkpoint = torch.load(outcome.run_dir / "checkpoint.pt", weights_only=True)
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert checkpoint["generator"] == {} and set(checkpoint["msa"]) == {  # the mlp text model, nothing else
         "proj_text.0.weight", "proj_text.0.bias", "proj_text.1.weight", "proj_text.1.bias",
         "head.0.weight", "head.0.bias", "head.1.weight", "head.1.bias", "head.4.weight", "head.4.bias"}
