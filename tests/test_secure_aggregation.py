@@ -290,9 +290,10 @@ def test_the_cost_table_shows_mean_and_std_per_mode_and_skips_unmeasured_columns
 
     base = dict.fromkeys(COLUMNS, float("nan"))
     rows = [{**base, "dataset": "mosi-bclstm", "clients": 8, "secure_aggregation": mode, "seed": seed, "rounds": 24,
+             "secagg_shares": 1.0 if mode == "secaggplus" else float("nan"),
              "bytes_up_per_client_round": up, "bytes_down_per_client_round": 2.0, "first_round_s": 1.0,
              "s_per_round": 1.0, "acc2": 0.75 + seed / 100, "wall_s": 1.0, "date": "2026-12-02"}
             for mode, up in (("none", 100.0), ("secaggplus", 110.0)) for seed in (0, 1)]
     text = report(pd.DataFrame(rows))
-    assert "| mosi-bclstm | 8 | secaggplus | 2 |" in text and "110 ± 0" in text and "0.755 ± 0.0071" in text
+    assert "| mosi-bclstm | 8 | secaggplus | 1 | 2 |" in text and "| mosi-bclstm | 8 | none | – | 2 |" in text and "110 ± 0" in text and "0.755 ± 0.0071" in text
     assert "update_membership" not in text  # not measured (no --attack)

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.orchestration.bench import machine
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
@@ -29,7 +30,7 @@ from hydiscgan_fl.orchestration.scale import speakers_for
 from hydiscgan_fl.orchestration.update_replay import UPDATE_ATTACK_COLUMNS, update_attack_row
 
 MODES = ("none", "secaggplus")
-COLUMNS = ("dataset", "clients", "secure_aggregation", "seed", "rounds", "bytes_up_per_client_round",
+COLUMNS = ("dataset", "clients", "secure_aggregation", "secagg_shares", "seed", "rounds", "bytes_up_per_client_round",
            "bytes_down_per_client_round", "first_round_s", "s_per_round", "acc2", *UPDATE_ATTACK_COLUMNS,
            "wall_s", "date")
 
@@ -45,6 +46,11 @@ def register(subparsers) -> None:
                         help="rounds (half alignment, half MSA); 0 = the run config's (default)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..n-1 (default: %(default)s)")
     parser.add_argument("--attack", action="store_true", help="also run the update attacks on what the server sees")
+    parser.add_argument("--secagg-shares", type=float, default=HyDiscGANConfig().secagg_shares,
+                        help="run-config secagg-shares of the secaggplus runs: below 1, SecAgg+'s ring of "
+                             "neighbours, for many clients (default: %(default)s)")
+    parser.add_argument("--round-timeout-s", type=float, default=HyDiscGANConfig().round_timeout_s,
+                        help="run-config round-timeout-s of every run (default: %(default)s)")
     parser.add_argument("--timeout-s", type=float, default=6 * 3600, help="per run (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/secagg"),
                         help="output folder (default: %(default)s)")
@@ -55,14 +61,16 @@ def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     clients = 8 if args.dataset == "mosi-bclstm" else args.clients
-    done = {(row["dataset"], int(row["clients"]), row["secure_aggregation"], int(row["seed"]))
+    done = {(row["dataset"], int(row["clients"]), row["secure_aggregation"], row["secagg_shares"], int(row["seed"]))
             for row in read_rows(out / "secagg.csv")}
     for seed in range(args.seeds):
         for mode in MODES:
-            if (args.dataset, clients, mode, seed) in done:
+            shares = args.secagg_shares if mode == "secaggplus" else float("nan")
+            if (args.dataset, clients, mode, str(shares), seed) in done:
                 continue
             try:
-                row = measure(args.dataset, clients, mode, seed, args.rounds, args.attack, args.timeout_s, out)
+                row = measure(args.dataset, clients, mode, shares, seed, args.rounds, args.attack,
+                              args.round_timeout_s, args.timeout_s, out)
             except FederatedRunError as err:
                 print(f"hydiscgan secagg: the {mode} run with {clients} clients failed: {err}")
                 return 1
@@ -76,10 +84,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def measure(dataset: str, clients: int, mode: str, seed: int, rounds: int, attack: bool, timeout_s: float,
-            out: Path) -> dict[str, Any]:
-    run_config: dict[str, Any] = {"seed": seed, "secure-aggregation": mode,
-                                  "output-dir": str(out / "runs" / f"{dataset}-{clients}-{mode}-seed{seed}")}
+def measure(dataset: str, clients: int, mode: str, shares: float, seed: int, rounds: int, attack: bool,
+            round_timeout_s: float, timeout_s: float, out: Path) -> dict[str, Any]:
+    label = f"{mode}-{shares:g}" if mode == "secaggplus" else mode
+    run_config: dict[str, Any] = {"seed": seed, "secure-aggregation": mode, "round-timeout-s": round_timeout_s,
+                                  "output-dir": str(out / "runs" / f"{dataset}-{clients}-{label}-seed{seed}")}
+    if mode == "secaggplus":
+        run_config["secagg-shares"] = shares
     if dataset == "synthetic":
         run_config.update({"dataset": f"synthetic:{speakers_for(clients, seed)}", "partition": "speaker",
                            "local-epochs": 1})
@@ -92,7 +103,7 @@ def measure(dataset: str, clients: int, mode: str, seed: int, rounds: int, attac
     summary = json.loads((outcome.run_dir / "summary.json").read_text())
     wall = metrics["wall_s"].tolist()
     row = {"dataset": run_config.get("dataset", dataset), "clients": clients, "secure_aggregation": mode,
-           "seed": seed, "rounds": len(wall),
+           "secagg_shares": shares, "seed": seed, "rounds": len(wall),
            "bytes_up_per_client_round": float(metrics["bytes_up_per_client"].mean()),
            "bytes_down_per_client_round": float(metrics["bytes_down_per_client"].mean()),
            "first_round_s": wall[0], "s_per_round": sum(wall[1:]) / max(1, len(wall) - 1),
@@ -105,12 +116,14 @@ def measure(dataset: str, clients: int, mode: str, seed: int, rounds: int, attac
 
 def report(table: pd.DataFrame) -> str:
     """Mean (± std over seeds) of every measured column per (dataset, clients, mode)."""
-    shown = [c for c in COLUMNS[4:-2] if c == "rounds" or table[c].notna().any()]
+    shown = [c for c in COLUMNS[5:-2] if c == "rounds" or table[c].notna().any()]
     lines = [f"Machine: {machine()}.", "",
-             "| dataset | clients | secure-aggregation | seeds | " + " | ".join(shown) + " |",
-             "|---|---|---|---|" + "---|" * len(shown)]
-    for (dataset, clients, mode), rows in table.groupby(["dataset", "clients", "secure_aggregation"], sort=False):
+             "| dataset | clients | secure-aggregation | secagg-shares | seeds | " + " | ".join(shown) + " |",
+             "|---|---|---|---|---|" + "---|" * len(shown)]
+    keys = ["dataset", "clients", "secure_aggregation", "secagg_shares"]
+    for (dataset, clients, mode, shares), rows in table.groupby(keys, sort=False, dropna=False):
         cells = [f"{rows[c].mean():.4g} ± {rows[c].std():.2g}" if len(rows) > 1 else f"{rows[c].mean():.4g}"
                  for c in shown]
-        lines.append(f"| {dataset} | {clients} | {mode} | {len(rows)} | " + " | ".join(cells) + " |")
+        shares_cell = "–" if pd.isna(shares) else f"{shares:g}"
+        lines.append(f"| {dataset} | {clients} | {mode} | {shares_cell} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
