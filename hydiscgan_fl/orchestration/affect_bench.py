@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.data.affect import AffectWindows
 from hydiscgan_fl.metrics import mean_interval, paired_difference
+from hydiscgan_fl.orchestration.bench_process import machine
 from hydiscgan_fl.orchestration.flwr_runner import LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
 from hydiscgan_fl.privacy.attacks import speaker_attack
@@ -149,7 +149,7 @@ def write_affect_report(out: Path, attack: dict[str, dict[str, Any]]) -> str:
     table = pd.read_csv(out / "summary.csv", dtype={"model": str})
     models = list(dict.fromkeys(table["model"]))
     lines = [f"# Affect benchmark ({table['dataset'].iloc[0]})", "",
-             f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {_machine()}",
+             f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {machine()}",
              f"- settings: {_settings_line(json.loads((out / 'bench.json').read_text()))}", "",
              "Test CCC at the step best on the validation participants: mean ± std over seeds [95% interval].", "",
              "| model | method | seeds | CCC valence | CCC arousal | CCC mean | wall s |",
@@ -203,11 +203,6 @@ SHOWN_SETTINGS = ("dataset", "rounds-msa", "local-epochs", "batch-size", "lr-msa
 def _settings_line(settings: dict[str, Any]) -> str:
     return ", ".join(f"{key}={settings[key]}" for key in SHOWN_SETTINGS if key in settings)
 
-
-def _machine() -> str:
-    from hydiscgan_fl.orchestration.bench import machine  # one description of the machine for both benchmarks
-
-    return machine()
 
 
 def affect_config(args: argparse.Namespace) -> HyDiscGANConfig:

@@ -34,10 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
-import signal
 import sys
 import time
 from pathlib import Path
@@ -53,6 +50,7 @@ from hydiscgan_fl.data.sequences import masked_mean
 from hydiscgan_fl.metrics import HIGHER_IS_BETTER, mean_interval, paired_difference
 from hydiscgan_fl.models import AFFECT_MODELS, MSA_MODELS, build_shared_models, parameter_counts
 from hydiscgan_fl.orchestration.affect_bench import affect_config, run_affect_bench
+from hydiscgan_fl.orchestration.bench_process import benchmark_process, machine
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
 from hydiscgan_fl.orchestration.schedule import SCHEDULE_KEYS, add_schedule_arguments, schedule_overrides
@@ -191,38 +189,33 @@ def run(args: argparse.Namespace) -> int:
         return 2
     done = {(row["method"], row["model"], int(row["seed"])) for row in read_rows(out / "summary.csv")}
     federation: LocalFederation | None = None
-    # These models are small: a second torch thread only contends with the federation's processes (on a
-    # busy 2-core machine one epoch of HyDiscGAN's alignment stage took 4 s on one thread, 190 s on two).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    on_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that `finally` stops the SuperLink
     try:
-        for seed in range(args.seeds):
-            for model in args.msa_models:
-                for method in args.methods:
-                    label = f"{method} {model} seed {seed}"
-                    if (method, model, seed) in done:
-                        print(f"[{label}] already in summary.csv, skipped", flush=True)
-                        continue
-                    cfg = base.model_copy(update={"seed": seed, "msa_model": model})
-                    started = time.time()
-                    if method in FEDERATED_METHODS:
-                        federation = federation or LocalFederation()
-                        row = federated_row(federation, method, cfg, args.num_clients, out, label)
-                    else:
-                        row = central_row(method, cfg, label)
-                    row.update({"dataset": base.dataset, "method": method, "model": model, "seed": seed,
-                                "wall_s": time.time() - started})
-                    append_row(out / "summary.csv", row, COLUMNS)
-                    print(f"[{label}] done in {row['wall_s']:.0f} s: acc2={row['acc2']:.4f} speaker attack="
-                          f"{row['speaker_attack_acc']:.3f} (chance {row['speaker_attack_chance']:.3f})", flush=True)
-        report = write_report(out, raw_feature_attack(base), model_parameters(base, args.msa_models))
+        with benchmark_process():
+            for seed in range(args.seeds):
+                for model in args.msa_models:
+                    for method in args.methods:
+                        label = f"{method} {model} seed {seed}"
+                        if (method, model, seed) in done:
+                            print(f"[{label}] already in summary.csv, skipped", flush=True)
+                            continue
+                        cfg = base.model_copy(update={"seed": seed, "msa_model": model})
+                        started = time.time()
+                        if method in FEDERATED_METHODS:
+                            federation = federation or LocalFederation()
+                            row = federated_row(federation, method, cfg, args.num_clients, out, label)
+                        else:
+                            row = central_row(method, cfg, label)
+                        row.update({"dataset": base.dataset, "method": method, "model": model, "seed": seed,
+                                    "wall_s": time.time() - started})
+                        append_row(out / "summary.csv", row, COLUMNS)
+                        print(f"[{label}] done in {row['wall_s']:.0f} s: acc2={row['acc2']:.4f} speaker attack="
+                              f"{row['speaker_attack_acc']:.3f} (chance {row['speaker_attack_chance']:.3f})",
+                              flush=True)
+            report = write_report(out, raw_feature_attack(base), model_parameters(base, args.msa_models))
     except FederatedRunError as err:
         print(f"hydiscgan bench: a federated run failed: {err}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, on_sigterm)
-        torch.set_num_threads(threads)
         if federation is not None:
             federation.close()
     print(report)
@@ -238,25 +231,17 @@ def run_affect(args: argparse.Namespace, out: Path) -> int:
     except (ConfigError, DataError) as err:
         print(f"hydiscgan bench: error: {err}", file=sys.stderr)
         return 2
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small models: a second thread only contends with the federation's processes
-    on_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.time()
     try:
-        report = run_affect_bench(base, args.affect_models, args.seeds, out)
+        with benchmark_process():
+            report = run_affect_bench(base, args.affect_models, args.seeds, out)
     except FederatedRunError as err:
         print(f"hydiscgan bench: a federated run failed: {err}", file=sys.stderr)
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, on_sigterm)
-        torch.set_num_threads(threads)
     print(report)
     print(f"results in {out} ({time.time() - started:.0f} s)")
     return 0
 
-
-def _exit_on_sigterm(signum, frame) -> None:  # noqa: ANN001
-    raise SystemExit(128 + signum)
 
 
 def _base_config(args: argparse.Namespace) -> HyDiscGANConfig:
@@ -527,11 +512,6 @@ NOTES = (
     "centring (a speaker's attack-train and held-out utterances then have opposite means).",
     "- client cost: federated methods only, from each run's metrics.csv under runs/.",
 )
-
-
-def machine() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {gpu}"
 
 
 def _mean_std(values: pd.Series, column: str) -> str:

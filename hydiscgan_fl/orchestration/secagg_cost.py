@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from hydiscgan_fl.config import HyDiscGANConfig
-from hydiscgan_fl.orchestration.bench import machine
+from hydiscgan_fl.orchestration.bench_process import machine
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.result_table import append_row, read_rows
 from hydiscgan_fl.orchestration.scale import speakers_for
