@@ -49,7 +49,7 @@ from hydiscgan_fl.models import (
 )
 from hydiscgan_fl.models.registry import msa_family
 from hydiscgan_fl.privacy.ledger import PrivacyLedger
-from hydiscgan_fl.privacy.reply_metrics import TIMING_KEY, WEIGHT_KEY, releasable_metrics
+from hydiscgan_fl.privacy.reply_metrics import PRESENCE_KEYS, TIMING_KEY, WEIGHT_KEY, releasable_metrics
 from hydiscgan_fl.training import (
     UtteranceTensors,
     local_alignment,
@@ -122,7 +122,8 @@ def hydiscgan_round(cfg: HyDiscGANConfig, context: Context, received: dict[str, 
                     local_epochs: int, seed: int, proximal_mu: float, local_components: list[str], config: ConfigRecord,
                     who: str) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, float], int]:
     """One round of a HyDiscGAN stage ("align", "msa") or of a baseline ("multimodal", "distill", "multitask"):
-    the shared components' new state, the losses, the privacy figures and the number of examples."""
+    the shared components' new state, the losses, the figures the reply reports (privacy spent; with simulated
+    missing modalities, the utterances holding each modality) and the number of examples."""
     client_key = client_seed_key(context)
     dataset = client_dataset(cfg, context.node_config)
     if "known-ids" in config:
@@ -135,9 +136,9 @@ def hydiscgan_round(cfg: HyDiscGANConfig, context: Context, received: dict[str, 
         if (key := PERSONAL_STATE_PREFIX + component) in context.state:
             getattr(shared, component).load_state_dict(context.state[key].to_torch_state_dict())
 
-    data = to_tensors(dataset, device, tensor_view(cfg))
+    data = to_tensors(dataset, device, tensor_view(cfg, client_key))
     videos = Videos.of(dataset) if shared.needs_context else None  # M reads whole videos (models.registry)
-    privacy: dict[str, float] = {}
+    reported: dict[str, float] = {}
     if stage == "multimodal":  # the fedavg-multimodal baseline: M on real (t, a, v), no discriminators
         losses = train_multimodal(shared.msa, data, cfg, local_epochs, seed, dataset.label_kind, proximal_mu,
                                   videos=videos)
@@ -165,13 +166,15 @@ def hydiscgan_round(cfg: HyDiscGANConfig, context: Context, received: dict[str, 
         context.state[PRIVATE_STATE_KEY] = ArrayRecord(private.state_dict())
         if ledger is not None:
             context.state[LEDGER_STATE_KEY] = ConfigRecord({"json": ledger.to_json()})
-            privacy = ledger.report()
+            reported = ledger.report()
     else:
         raise ValueError(f"unknown stage {stage!r} in the server's config")
     for component in local_components:
         context.state[PERSONAL_STATE_PREFIX + component] = ArrayRecord(getattr(shared, component).state_dict())
 
-    return shared.state_dict(), losses, privacy, len(dataset)
+    if data.present is not None:  # simulated missing modalities: how many utterances hold each (metadata)
+        reported.update({PRESENCE_KEYS[name]: int(count) for name, count in zip(PRESENCE_KEYS, data.present.sum(dim=0))})
+    return shared.state_dict(), losses, reported, len(dataset)
 
 
 def affect_round(cfg: HyDiscGANConfig, node_config: dict, received: dict[str, torch.Tensor], local_epochs: int,
@@ -230,7 +233,7 @@ def train(msg: Message, context: Context) -> Message:
         arrays = {"arrays": ArrayRecord({key: value.half() if received[key].dtype == torch.float16 else value
                                          for key, value in reply.items()})}
     metrics = {f"loss-{key.removeprefix('loss_').replace('_', '-')}": float(v) for key, v in losses.items()}
-    metrics.update({key.replace("_", "-"): value for key, value in privacy.items()})  # PRIVACY_METRIC_KEYS
+    metrics.update({key.replace("_", "-"): value for key, value in privacy.items()})  # PRIVACY_METRIC_KEYS, PRESENCE_KEYS
     metrics.update({WEIGHT_KEY: num_examples, TIMING_KEY: time.perf_counter() - started})
     metrics = releasable_metrics(metrics, stage, cfg.dp_unit, who)
     return Message(RecordDict({**arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -155,6 +155,18 @@ class HyDiscGANConfig(BaseModel):
     # probability and roll the rest by up to this many steps, seeded by `seed`, at train and test time.
     misalign_rate: float = Field(0.0, ge=0.0, lt=1.0)
     misalign_shift: int = Field(0, ge=0)
+    # Simulated missing modalities [missing-rate, missing-modality-rate, missing-client-audio,
+    # missing-client-visual] (hydiscgan_fl.data.missing, seeded by `seed`, the same on every client, at train and
+    # test time): each audio/visual step (a frame of a sequence; an utterance of a video for utterance vectors)
+    # missing with probability missing-rate; with probability missing-modality-rate an utterance's pattern is one
+    # of the six proper non-empty subsets of {t, a, v}; each client holds no audio (no visual) with probability
+    # missing-client-audio (missing-client-visual). Missing entries are masked: they need an msa-model that reads
+    # presence masks (`fsrf` and its ablations); HyDiscGAN's alignment stage and the distill/multitask baselines
+    # do not honour them yet and refuse to run.
+    missing_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    missing_modality_rate: float = Field(0.0, ge=0.0, le=1.0)
+    missing_client_audio: float = Field(0.0, ge=0.0, le=1.0)
+    missing_client_visual: float = Field(0.0, ge=0.0, le=1.0)
     # Client cost [msa-site, transport-dtype]: "server" runs stage 2 on the server's own text and labels
     # (stage "server-msa", no client work; clients only align); "float16" sends G and M in half precision
     # both ways (cast back to float32 before aggregation and training).
@@ -275,6 +287,12 @@ class HyDiscGANConfig(BaseModel):
             raise ValueError(f"ablation and inference are HyDiscGAN's; method {self.method!r} has no generator "
                              "(leave them 'none' and 'z0')")
         self._check_task()
+        if self.simulates_missing and (self.task != "sentiment" or self.method in ("distill", "multitask")):
+            # The privileged baselines' teachers and auxiliary heads read the real audio/visual per utterance
+            # without presence masks (they would take zeros for data); the affect task has no modalities to miss.
+            raise ValueError("missing-rate, missing-modality-rate and missing-client-* (simulated missing modalities) "
+                             "need task 'sentiment' and a method whose models read presence masks "
+                             f"('fedavg-multimodal' with msa-model 'fsrf'); got task {self.task!r}, method {self.method!r}")
         if self.secure_aggregation != "none":
             self._check_secure_aggregation()
         if self.msa_site == "server" and self.local_components:
@@ -331,6 +349,12 @@ class HyDiscGANConfig(BaseModel):
         if self.method in SINGLE_STAGE or self.task == "affect":
             return self.rounds_msa
         return self.rounds_align + self.rounds_msa
+
+    @property
+    def simulates_missing(self) -> bool:
+        """Whether any kind of simulated missing modality is on (hydiscgan_fl.data.missing)."""
+        return bool(self.missing_rate or self.missing_modality_rate or self.missing_client_audio
+                    or self.missing_client_visual)
 
     @property
     def generator_trains_in_stage2(self) -> bool:

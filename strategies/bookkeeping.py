@@ -12,7 +12,7 @@ import numpy as np
 from flwr.app import Message
 
 from hydiscgan_fl.privacy.ledger import PRIVACY_COLUMNS, PRIVACY_METRIC_KEYS
-from hydiscgan_fl.privacy.reply_metrics import TIMING_KEY, WEIGHT_KEY
+from hydiscgan_fl.privacy.reply_metrics import PRESENCE_KEYS, TIMING_KEY, WEIGHT_KEY
 
 FAILURE_KINDS = ("error", "timeout", "rejected")
 
@@ -30,6 +30,10 @@ class ClientRound:
     num_examples: int = 0
     train_s: float = 0.0
     detail: str = ""
+    # utterances holding each modality, in runs that simulate missing modalities (else None: blank cells)
+    examples_text: int | None = None
+    examples_audio: int | None = None
+    examples_visual: int | None = None
 
 
 @dataclass
@@ -60,7 +64,19 @@ class RoundSummary:
             "bytes_up_per_client": float(np.mean([c.bytes_up for c in ok])) if ok else 0.0,
             "bytes_down_per_client": float(np.mean([c.bytes_down for c in self.clients])) if self.clients else 0.0,
             "client_train_s_mean": float(np.mean([c.train_s for c in ok])) if ok else 0.0,
+            **self.held_examples(ok),
         }
+
+    @staticmethod
+    def held_examples(ok: list[ClientRound]) -> dict[str, int]:
+        """The training utterances holding each modality, summed over the clients that reported them (runs
+        that simulate missing modalities); {} when none did."""
+        held = {}
+        for modality in PRESENCE_KEYS:
+            counts = [getattr(c, f"examples_{modality}") for c in ok]
+            if any(count is not None for count in counts):
+                held[f"examples_{modality}"] = sum(count or 0 for count in counts)
+        return held
 
     def failures(self) -> list[ClientRound]:
         return [c for c in self.clients if c.status != "ok"]
@@ -88,6 +104,9 @@ def classify_replies(pending: dict[int, ClientRound], replies: Iterable[Message]
             + metrics.count_bytes()
         record.num_examples = int(metrics[WEIGHT_KEY])
         record.train_s = float(metrics.get(TIMING_KEY, 0.0))
+        for modality, key in PRESENCE_KEYS.items():
+            if key in metrics:
+                setattr(record, f"examples_{modality}", int(metrics[key]))
         valid.append(reply)
     return valid
 
@@ -111,8 +130,9 @@ def weighted_metrics(replies: list[Message], weights: list[int]) -> dict[str, fl
     sums: dict[str, float] = {}
     for reply, weight in zip(replies, weights):
         for key, value in reply.content["metrics"].items():
-            if key in (WEIGHT_KEY, TIMING_KEY, *PRIVACY_METRIC_KEYS) or isinstance(value, list):
-                continue  # train-s is reported per client in clients.csv; privacy figures by clients_privacy
+            if key in (WEIGHT_KEY, TIMING_KEY, *PRIVACY_METRIC_KEYS, *PRESENCE_KEYS.values()) or isinstance(value, list):
+                continue  # train-s and modality counts are reported per client in clients.csv; privacy figures by
+                # clients_privacy
             totals[key] = totals.get(key, 0.0) + weight * float(value)
             sums[key] = sums.get(key, 0.0) + weight
     return {key: totals[key] / sums[key] for key in totals}

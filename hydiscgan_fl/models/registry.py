@@ -15,6 +15,10 @@ a user's entry as ``package.module:NAME`` (like aggregation rules), NAME being a
   pooled real sequences. A family that ``reads_steps`` (``lmr-cbt``, ``cfn-sr`` and their ablations) also
   gets the steps themselves as :class:`~hydiscgan_fl.models.steps.StepTensors` in M's text input (and in
   the multimodal baselines its audio/visual inputs); G's fakes reach it as pooled vectors.
+- Missing modalities (hydiscgan_fl.data.missing): a family that ``reads_presence`` (``fsrf`` and its
+  ablations) takes ``M(text, audio, visual, layout, present=mask)``, the (N, 3) bool mask of text, audio,
+  visual, and must not let a missing modality's values change an output; runs that simulate missing
+  modalities refuse the other families.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class MSAFamily:
     # M (not G, E, D) also reads the steps of sequence modalities: StepTensors (models.steps) in place of the
     # pooled text (and, in the multimodal baselines, audio/visual); G's fakes stay pooled vectors
     reads_steps: bool = False
+    # M takes present=(N, 3) bool (text, audio, visual) and ignores what is missing (data.missing)
+    reads_presence: bool = False
 
 
 Entry = TypeVar("Entry")

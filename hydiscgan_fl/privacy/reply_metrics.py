@@ -19,6 +19,10 @@ only if a DP mechanism covers it. Arrays are governed separately (exactly the co
   cover on the client).
 * The affect task's stage "affect": its loss is computed from the participant's own AU windows and traces
   (private on the device): never.
+* `examples-text`, `examples-audio`, `examples-visual` (only in runs that simulate missing modalities,
+  hydiscgan_fl.data.missing): how many of the client's training utterances hold each modality. Metadata like
+  `num-examples` (that a camera or microphone was off), not computed from any feature value; every stage of
+  the sentiment task admits them, under either DP unit, as it admits `num-examples`.
 * `train-s` (the client's training time) is not computed from private values, but it grows with the
   number of utterances actually sampled: under utterance-level DP that reveals the size of the secret
   Poisson batches, and under either DP unit it is a side channel no mechanism covers. It leaves only
@@ -32,6 +36,8 @@ import logging
 WEIGHT_KEY = "num-examples"
 TIMING_KEY = "train-s"
 EPSILON_KEYS = frozenset({"epsilon-rdp", "epsilon-prv"})
+#: modality -> the reply key of the number of the client's utterances that hold it (missing modalities)
+PRESENCE_KEYS = {"text": "examples-text", "audio": "examples-audio", "visual": "examples-visual"}
 
 #: (stage, dp-unit) -> the metric keys a reply may carry. A pair not listed is a configuration that
 #: cannot run (the single-stage baselines have no utterance-level DP).
@@ -48,9 +54,12 @@ ALLOWED_REPLY_METRICS: dict[tuple[str, str], frozenset[str]] = {
     ("distill", "speaker"): frozenset({WEIGHT_KEY}),
     ("multitask", "none"): frozenset({WEIGHT_KEY, TIMING_KEY}),
     ("multitask", "speaker"): frozenset({WEIGHT_KEY}),
+}
+ALLOWED_REPLY_METRICS = {pair: keys | frozenset(PRESENCE_KEYS.values()) for pair, keys in ALLOWED_REPLY_METRICS.items()}
+ALLOWED_REPLY_METRICS.update({
     ("affect", "none"): frozenset({WEIGHT_KEY, TIMING_KEY}),
     ("affect", "speaker"): frozenset({WEIGHT_KEY}),
-}
+})
 
 _log = logging.getLogger("hydiscgan_fl.client")
 

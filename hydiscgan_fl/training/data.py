@@ -1,5 +1,6 @@
 """Tensors for training: per-speaker standardised audio/visual, sequences pooled by the model (and kept as
-steps for models that read them), optional simulated misalignment, minibatch order."""
+steps for models that read them), optional simulated misalignment and missing modalities (with their
+presence mask), minibatch order."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.data import MultimodalDataset, standardize_per_speaker
 from hydiscgan_fl.data.misalign import Misalignment
+from hydiscgan_fl.data.missing import Missingness
 from hydiscgan_fl.data.sequences import masked_mean
 from hydiscgan_fl.models.registry import msa_family
 from hydiscgan_fl.models.steps import Input, StepTensors
@@ -24,17 +26,30 @@ MODALITIES = ("text", "audio", "visual")
 @dataclass(frozen=True)
 class TensorView:
     """How a run turns a dataset into tensors: the MSA family's pooling, whether M also reads the steps of
-    sequence modalities (its `reads_steps`), and the simulated misalignment of audio/visual (or None)."""
+    sequence modalities (its `reads_steps`), the simulated misalignment of audio/visual (or None), and the
+    simulated missing modalities (or None) as seen by the client with seeding key `client_key` (None: not a
+    client, e.g. the server's validation and test data, which no client-level draw touches)."""
 
     pool: Pool = masked_mean
     keep_steps: bool = False
     misalignment: Misalignment | None = None
+    missingness: Missingness | None = None
+    client_key: int | None = None
 
 
-def tensor_view(cfg: HyDiscGANConfig) -> TensorView:
+def tensor_view(cfg: HyDiscGANConfig, client_key: int | None = None) -> TensorView:
+    """The run's view; `client_key` for a client's own training data. Refuses simulated missing modalities
+    with an MSA family that cannot tell a missing modality from data (its `reads_presence`)."""
     family = msa_family(cfg)
     misalignment = Misalignment(cfg.misalign_rate, cfg.misalign_shift, cfg.seed)
-    return TensorView(family.pool, family.reads_steps, misalignment if misalignment.active else None)
+    missingness = Missingness(cfg.missing_rate, cfg.missing_modality_rate, cfg.missing_client_audio,
+                              cfg.missing_client_visual, cfg.seed)
+    if missingness.active and not family.reads_presence:
+        raise ValueError(f"msa-model {cfg.msa_model!r} reads no presence masks, so it would take the zeros of a "
+                         "missing modality for data; simulated missing modalities (missing-*) need a family that "
+                         "reads them, e.g. 'fsrf' (hydiscgan_fl.models.registry)")
+    return TensorView(family.pool, family.reads_steps, misalignment if misalignment.active else None,
+                      missingness if missingness.active else None, client_key)
 
 
 def pick_device() -> torch.device:
@@ -52,13 +67,17 @@ class UtteranceTensors:
     visual: torch.Tensor
     labels: torch.Tensor
     steps: dict[str, StepTensors] = field(default_factory=dict)
+    # (N, 3) bool: whether each utterance holds its text, audio, visual (data.missing); None: all of them.
+    # A missing modality's values are zeros and must be ignored by whatever reads this mask.
+    present: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.text.shape[0]
 
     def rows(self, index: torch.Tensor) -> UtteranceTensors:
         return UtteranceTensors(self.text[index], self.audio[index], self.visual[index], self.labels[index],
-                                {name: steps.rows(index) for name, steps in self.steps.items()})
+                                {name: steps.rows(index) for name, steps in self.steps.items()},
+                                None if self.present is None else self.present[index])
 
     def msa_input(self, name: str) -> Input:
         """What M reads of modality `name`: its steps when kept, else its utterance vectors."""
@@ -67,11 +86,18 @@ class UtteranceTensors:
     def msa_inputs(self) -> tuple[Input, Input, Input]:
         return self.msa_input("text"), self.msa_input("audio"), self.msa_input("visual")
 
+    def read_by(self, msa: torch.nn.Module, layout=None) -> torch.Tensor:  # noqa: ANN001 - a VideoLayout
+        """M(t, a, v) on these real modalities, with the presence mask when some modality is missing."""
+        if self.present is None:
+            return msa(*self.msa_inputs(), layout)
+        return msa(*self.msa_inputs(), layout, present=self.present)
+
 
 def modality_steps(dataset: MultimodalDataset, name: str,
                    view: TensorView = TensorView()) -> tuple[np.ndarray, np.ndarray | None]:
     """Modality `name` before pooling, and its lengths (None for vectors): audio/visual standardised per
-    speaker on the device that holds them (no shared statistics; over valid steps), then misaligned."""
+    speaker on the device that holds them (no shared statistics; over valid steps), then misaligned, then
+    their missing steps removed (sequences; whole missing modalities are `presence`'s)."""
     values, lengths = getattr(dataset, name), dataset.lengths.get(name)
     if name == "text" or not values.shape[-1]:
         return values, lengths
@@ -81,14 +107,26 @@ def modality_steps(dataset: MultimodalDataset, name: str,
             values = view.misalignment.vectors(values, dataset.videos, dataset.positions, name)
         else:
             values, lengths = view.misalignment.sequences(values, lengths, dataset.ids, name)
+    if view.missingness is not None and view.missingness.rate and lengths is not None:
+        values, lengths = view.missingness.drop_steps(values, lengths, dataset.ids, name)
     return values, lengths
 
 
 def modality_tensors(dataset: MultimodalDataset, name: str, device: torch.device,
-                     view: TensorView = TensorView()) -> tuple[torch.Tensor, StepTensors | None]:
+                     view: TensorView = TensorView(), present: np.ndarray | None = None,
+                     ) -> tuple[torch.Tensor, StepTensors | None]:
     """Modality `name` on `device` (see `modality_steps`): one vector per utterance (sequences pooled by
-    `view.pool`), and its steps when it is a sequence modality and `view.keep_steps` (else None)."""
+    `view.pool`), and its steps when it is a sequence modality and `view.keep_steps` (else None). Rows whose
+    `present` (N,) is False hold zeros and no valid step."""
     values, lengths = modality_steps(dataset, name, view)
+    return _tensors(values, lengths, view, device, present)
+
+
+def _tensors(values: np.ndarray, lengths: np.ndarray | None, view: TensorView, device: torch.device,
+             present: np.ndarray | None) -> tuple[torch.Tensor, StepTensors | None]:
+    if present is not None and not present.all():
+        values = np.where(present.reshape(-1, *([1] * (values.ndim - 1))), values, 0.0).astype(np.float32)
+        lengths = None if lengths is None else np.where(present, lengths, 0)
     vectors = _as_tensor(values if lengths is None else view.pool(values, lengths), device)
     if not view.keep_steps or lengths is None:
         return vectors, None
@@ -96,10 +134,21 @@ def modality_tensors(dataset: MultimodalDataset, name: str, device: torch.device
 
 
 def to_tensors(dataset: MultimodalDataset, device: torch.device, view: TensorView = TensorView()) -> UtteranceTensors:
-    """Every modality (`modality_tensors`; `view` is the run's `tensor_view(cfg)`) and the labels, on `device`."""
-    tensors = {name: modality_tensors(dataset, name, device, view) for name in MODALITIES}
+    """Every modality (`modality_tensors`; `view` is the run's `tensor_view(cfg)`), the labels and, with
+    simulated missing modalities, the presence mask, on `device`."""
+    raw = {name: modality_steps(dataset, name, view) for name in MODALITIES}
+    present = None
+    if view.missingness is not None:
+        present = view.missingness.presence(dataset.ids, {name: lengths for name, (_, lengths) in raw.items()},
+                                            view.client_key)
+    # The text is kept even where the mask says missing: it is shareable, and what reads text alone keeps it
+    # (data.missing); models that read the mask ignore it there.
+    tensors = {name: _tensors(values, lengths, view, device,
+                              None if present is None or name == "text" else present[:, column])
+               for column, (name, (values, lengths)) in enumerate(raw.items())}
     steps = {name: kept for name, (_, kept) in tensors.items() if kept is not None}
-    return UtteranceTensors(*(tensors[name][0] for name in MODALITIES), _as_tensor(dataset.labels, device), steps)
+    return UtteranceTensors(*(tensors[name][0] for name in MODALITIES), _as_tensor(dataset.labels, device), steps,
+                            None if present is None else torch.as_tensor(present, device=device))
 
 
 def _as_tensor(values: np.ndarray, device: torch.device) -> torch.Tensor:
