@@ -19,6 +19,10 @@ a user's entry as ``package.module:NAME`` (like aggregation rules), NAME being a
   ablations) takes ``M(text, audio, visual, layout, present=mask)``, the (N, 3) bool mask of text, audio,
   visual, and must not let a missing modality's values change an output; runs that simulate missing
   modalities refuse the other families.
+- A family's own loss terms: when M has ``training_losses(text, audio, visual, layout=None, present=None, *,
+  task_loss)``, the training loops (``hydiscgan_fl.training.losses.msa_objective``) take its dict of weighted
+  terms, "task" among them (``task_loss(outputs)`` is the run's sentiment loss), in place of the plain
+  sentiment loss of ``M(...)``, and add them up.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from hydiscgan_fl.models.affect import RecurrentAffectModel
 from hydiscgan_fl.models.components import GENERATOR, MSA
 from hydiscgan_fl.models.cfn_sr import CFNSR, CFNSRTextOnly
 from hydiscgan_fl.models.context import ContextGRUMSA, ContextGRUTextOnly
+from hydiscgan_fl.models.fsrf import FSRF, FSRFTextOnly, FSRFWeights
 from hydiscgan_fl.models.lmr_cbt import LMRCBT, LMRCBTTextOnly
 from hydiscgan_fl.models.networks import ClientDiscriminators, ConditionalGenerator, MSAModel, TextOnlyModel
 from hydiscgan_fl.plugins import is_import_path, load_import_path
@@ -109,7 +114,15 @@ MSA_MODELS: Registry[MSAFamily] = Registry("msa-model", MSAFamily, {
                                                                        residual=residual),
                        build_text_only=lambda text_dim, cfg: CFNSRTextOnly(text_dim, cfg.hidden_dim // 2, cfg.dropout),
                        needs_context=True, reads_steps=True)
-       for name, residual in (("cfn-sr", True), ("cfn-sr-nores", False))})
+       for name, residual in (("cfn-sr", True), ("cfn-sr-nores", False))}
+    # FSRF (models/fsrf.py) for missing modalities, width hidden-dim / 2, per utterance; ablations without
+    # factorisation, without self-distillation, and the backbone trained with random modality dropout only.
+    | {name: MSAFamily(build=lambda dims, cfg, factorise=factorise, distill=distill: FSRF(
+                           dims, cfg.hidden_dim // 2, cfg.dropout, FSRFWeights.of(cfg), factorise, distill),
+                       build_text_only=lambda text_dim, cfg: FSRFTextOnly(text_dim, cfg.hidden_dim // 2, cfg.dropout),
+                       needs_context=False, reads_steps=True, reads_presence=True)
+       for name, factorise, distill in (("fsrf", True, True), ("fsrf-nofact", False, True),
+                                        ("fsrf-nodistill", True, False), ("fsrf-dropout", False, False))})
 
 
 @dataclass(frozen=True)

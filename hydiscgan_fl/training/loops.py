@@ -24,7 +24,7 @@ from hydiscgan_fl.privacy.dp_sgd import UtteranceDP
 from hydiscgan_fl.privacy.ledger import PrivacyLedger
 from hydiscgan_fl.models.steps import Input, StepTensors, input_dim
 from hydiscgan_fl.training.data import UtteranceTensors, minibatches
-from hydiscgan_fl.training.losses import proximal_term, sentiment_loss
+from hydiscgan_fl.training.losses import msa_objective, proximal_term, sentiment_loss
 from hydiscgan_fl.training.steps import discriminator_step, generator_alignment_step, msa_step
 from hydiscgan_fl.training.videos import Videos, batches
 
@@ -196,14 +196,15 @@ def train_multimodal(
         msa.train()
         for index, layout in batches(len(data), cfg.batch_size, rng, videos, data.text.device):
             batch = data.rows(index)
-            loss_task = sentiment_loss(batch.read_by(msa, layout), batch.labels, label_kind)
-            loss = loss_task
+            terms = msa_objective(msa, batch.msa_inputs(), layout, batch.present, batch.labels, label_kind)
+            loss = sum(terms.values())
             if anchors is not None:
                 loss = loss + proximal_term(list(msa.parameters()), anchors, proximal_mu)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            history["loss_task"].append(loss_task.item())
+            for name, term in terms.items():
+                history[f"loss_{name}"].append(term.item())
         if on_epoch is not None:
             on_epoch(epoch + 1, msa)
     return mean_of_history(history)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def info_nce(fake: torch.Tensor, real: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -61,3 +64,17 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, label_kind: 
     if label_kind == "binary":
         return F.binary_cross_entropy_with_logits(student, torch.sigmoid(teacher))
     return F.l1_loss(student, teacher)
+
+
+def msa_objective(msa: nn.Module, inputs: Sequence, layout, present: torch.Tensor | None,  # noqa: ANN001
+                  labels: torch.Tensor, label_kind: str) -> dict[str, torch.Tensor]:
+    """The loss terms of one training step of M on `inputs` (text, audio, visual), to be added up: {"task":
+    the sentiment loss} for most families; a family whose M has `training_losses` (models.registry) returns its
+    own weighted terms, "task" among them. `present`: the (N, 3) presence mask, None when nothing is missing."""
+    def task_loss(outputs: torch.Tensor) -> torch.Tensor:
+        return sentiment_loss(outputs, labels, label_kind)
+
+    own = getattr(msa, "training_losses", None)
+    if own is not None:
+        return own(*inputs, layout, present, task_loss=task_loss)
+    return {"task": task_loss(msa(*inputs, layout) if present is None else msa(*inputs, layout, present=present))}

@@ -19,10 +19,10 @@ from hydiscgan_fl.training.data import UtteranceTensors
 from hydiscgan_fl.training.losses import (
     fool_loss,
     info_nce,
+    msa_objective,
     per_utterance_alignment,
     proximal_term,
     real_fake_loss,
-    sentiment_loss,
 )
 
 
@@ -138,10 +138,11 @@ def msa_step(
     G); "zero-fakes" feeds M zeros (`SharedModels.fakes`), so neither G nor D is involved."""
     with contextlib.nullcontext() if cfg.generator_trains_in_stage2 else torch.no_grad():
         fake_audio, fake_visual = shared.fakes(batch.text, noise)
-    outputs = shared.read_fakes(batch.text, fake_audio, fake_visual, layout, batch.steps.get("text"))
-    loss_task = sentiment_loss(outputs, batch.labels, label_kind)
-    loss = loss_task
-    metrics = {"loss_task": loss_task.item()}
+    # M on (t, G(t)) as SharedModels.read_fakes reads it, through the family's loss hook (training.losses)
+    inputs = (batch.steps.get("text", batch.text), fake_audio, fake_visual)
+    terms = msa_objective(shared.msa, inputs, layout, None, batch.labels, label_kind)
+    loss = sum(terms.values())
+    metrics = {f"loss_{name}": term.item() for name, term in terms.items()}
     if private is not None and cfg.lambda_adv_msa > 0.0 and cfg.generator_trains_in_stage2:
         fake_a, fake_v = private.logits(fake_audio, fake_visual, batch.text)
         loss_adv = fool_loss(fake_a) + fool_loss(fake_v)
