@@ -8,6 +8,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from hydiscgan_fl.affect_server_run import AffectServerRun
 from hydiscgan_fl.config import HyDiscGANConfig
+from hydiscgan_fl.models.registry import generator_heads
 from hydiscgan_fl.server_run import ServerRun
 from strategies import HyDiscGANStrategy
 from strategies.hydiscgan import RoundEndHook, ServerStage
@@ -66,6 +67,7 @@ def main(grid: Grid, context: Context) -> None:
         secure_aggregation=secure_aggregation(cfg),
         on_round_end=round_recorder(server),
         task=cfg.task,
+        generator_heads=generator_heads(cfg),
     )
     if server.resumed:
         strategy.load_state_dict(server.resumed["strategy"])

@@ -39,6 +39,9 @@ _AFFECT_DATASET_RE = re.compile(r"^(affect-synthetic(:\d+)?|openface:.+)$")
 # secure aggregation can run, since the server sees that sum and no individual update (median, trimmed
 # mean and Krum need every update; a user's rule 'pkg.module:Class' cannot be checked).
 SECURE_AGGREGATION_RULES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+# Rules whose aggregate is a stateless example-weighted mean: HyDiscGAN's stage 1 with clients missing modalities
+# aggregates G part by part with them (strategies.aggregation.generator_parts).
+PART_WEIGHTED_RULES = ("fedavg", "fedprox")
 _RULE_RE = re.compile(r"^([a-z][a-z0-9-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
 
 
@@ -161,8 +164,9 @@ class HyDiscGANConfig(BaseModel):
     # missing with probability missing-rate; with probability missing-modality-rate an utterance's pattern is one
     # of the six proper non-empty subsets of {t, a, v}; each client holds no audio (no visual) with probability
     # missing-client-audio (missing-client-visual). Missing entries are masked: they need an msa-model that reads
-    # presence masks (`fsrf` and its ablations); HyDiscGAN's alignment stage and the distill/multitask baselines
-    # do not honour them yet and refuse to run.
+    # presence masks (`fsrf` and its ablations). HyDiscGAN's stage 1 trains each modality's D, E and head of G on
+    # the utterances holding it and aggregates G part by part (needs rule fedavg/fedprox, no secure aggregation,
+    # no speaker-level DP); the distill/multitask baselines refuse missing modalities.
     missing_rate: float = Field(0.0, ge=0.0, lt=1.0)
     missing_modality_rate: float = Field(0.0, ge=0.0, le=1.0)
     missing_client_audio: float = Field(0.0, ge=0.0, le=1.0)
@@ -303,8 +307,10 @@ class HyDiscGANConfig(BaseModel):
             # The privileged baselines' teachers and auxiliary heads read the real audio/visual per utterance
             # without presence masks (they would take zeros for data); the affect task has no modalities to miss.
             raise ValueError("missing-rate, missing-modality-rate and missing-client-* (simulated missing modalities) "
-                             "need task 'sentiment' and a method whose models read presence masks "
-                             f"('fedavg-multimodal' with msa-model 'fsrf'); got task {self.task!r}, method {self.method!r}")
+                             "need task 'sentiment' and method 'hydiscgan' or 'fedavg-multimodal' (whose models honour "
+                             f"presence masks); got task {self.task!r}, method {self.method!r}")
+        if self.simulates_missing and self.method == "hydiscgan" and self.rounds_align:
+            self._check_part_weighting()
         if self.secure_aggregation != "none":
             self._check_secure_aggregation()
         if self.msa_site == "server" and self.local_components:
@@ -333,6 +339,19 @@ class HyDiscGANConfig(BaseModel):
                                  f"{key} {value!r} does not apply to it")
         if self.dp_unit == "utterance":
             raise ValueError("task 'affect' supports dp-unit 'speaker' (participant-level DP-FedAvg) only")
+
+    def _check_part_weighting(self) -> None:
+        """With clients missing modalities, stage 1 aggregates G part by part, each weighted by the examples
+        that trained it (strategies.aggregation.generator_parts): a stateless example-weighted mean of
+        individual updates is needed."""
+        rule = self.aggregation_generator or self.aggregation
+        problem = ("aggregation-generator " + repr(rule) if rule not in PART_WEIGHTED_RULES else
+                   "secure-aggregation 'secaggplus' (no individual update)" if self.secure_aggregation != "none" else
+                   "dp-unit 'speaker' (DP-FedAvg weighs clients equally)" if self.dp_unit == "speaker" else "")
+        if problem:
+            raise ValueError(f"simulated missing modalities (missing-*) in HyDiscGAN's stage 1 aggregate each part of G "
+                             f"by the examples that trained it, with rule {' or '.join(PART_WEIGHTED_RULES)} on "
+                             f"individual updates; {problem} cannot (or set rounds-align 0)")
 
     def _check_secure_aggregation(self) -> None:
         """Secure aggregation hides each update: refuse what needs one (docs/secure-aggregation.md)."""

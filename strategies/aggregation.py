@@ -14,7 +14,7 @@ component, or "local" for a personalised component. `rule_state`/`load_rule_stat
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from logging import WARNING
 from typing import Any
 
@@ -37,7 +37,7 @@ from flwr.serverapp.strategy import (
 
 from hydiscgan_fl.config import LOCAL_RULE, HyDiscGANConfig
 from hydiscgan_fl.plugins import is_import_path, load_import_path
-from hydiscgan_fl.privacy.reply_metrics import WEIGHT_KEY
+from hydiscgan_fl.privacy.reply_metrics import PRESENCE_KEYS, WEIGHT_KEY
 
 SHARED_COMPONENTS = ("generator", "msa")
 
@@ -101,6 +101,24 @@ def capped_weights(claims: list[int], max_ratio: float) -> list[int]:
         return []
     cap = max(1, int(max_ratio * float(np.median(claims))))
     return [min(int(claim), cap) for claim in claims]
+
+
+def generator_parts(keys: Iterable[str], heads: Mapping[str, str]) -> dict[str, list[str]]:
+    """G's array keys by what trains them in stage 1 when clients miss modalities: each modality's head (the
+    keys under its prefix in `heads`, e.g. {"audio": "generator.audio_head."}) and "shared" (the rest, which
+    audio and visual terms both train)."""
+    parts: dict[str, list[str]] = {"shared": []}
+    for key in sorted(keys):
+        owner = next((modality for modality, prefix in heads.items() if key.startswith(prefix)), "shared")
+        parts.setdefault(owner, []).append(key)
+    return parts
+
+
+def part_claim(metrics: Mapping[str, Any], part: str) -> int:
+    """The examples a client says trained a part of G in stage 1: its utterances holding the part's modality
+    (examples-audio / examples-visual), or holding either, counted per modality, for the "shared" part."""
+    audio, visual = (int(metrics.get(PRESENCE_KEYS[m], metrics[WEIGHT_KEY])) for m in ("audio", "visual"))
+    return {"audio": audio, "visual": visual}.get(part, audio + visual)
 
 
 def component_rules(cfg: HyDiscGANConfig) -> dict[str, Strategy | str]:

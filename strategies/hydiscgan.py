@@ -18,7 +18,9 @@ its own state to `on_round_end` (the ServerApp records metrics and saves the ser
 Per component the rule can differ, or be "local": a personalised component is never sent back nor
 aggregated. Replies are aggregated in a canonical order (by content), so a run does not depend on
 arrival order; a client's claimed num-examples is capped at `max_examples_ratio` times the round's
-median claim. With speaker-level DP (`dp`) the sent components are aggregated by DP-FedAvg instead of
+median claim. When clients miss modalities (`generator_heads`), stage 1 aggregates G part by part, each
+modality's head by the examples of that modality and the rest by both (strategies.aggregation.generator_parts).
+With speaker-level DP (`dp`) the sent components are aggregated by DP-FedAvg instead of
 the rules, and clients are sampled with secret randomness; with utterance-level DP the clients report
 their cumulative epsilon. Every round's row carries the run's cumulative privacy figures. With secure
 aggregation (`secure_aggregation`, strategies.secure_aggregation) the round's train round trip sits
@@ -41,7 +43,16 @@ from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYog
 from hydiscgan_fl.config import LOCAL_RULE, METHODS, SERVER_STAGE, SINGLE_STAGE, HyDiscGANConfig, stage_of_round
 from hydiscgan_fl.privacy.ledger import PrivacyLedger
 from hydiscgan_fl.privacy.reply_metrics import WEIGHT_KEY
-from strategies.aggregation import ComponentAggregator, capped_weights, load_rule_state, make_rule, rule_state
+from hydiscgan_fl.models.components import GENERATOR
+from strategies.aggregation import (
+    ComponentAggregator,
+    capped_weights,
+    generator_parts,
+    load_rule_state,
+    make_rule,
+    part_claim,
+    rule_state,
+)
 from strategies.bookkeeping import ClientRound, RoundSummary, classify_replies, clients_privacy, weighted_metrics
 from strategies.dp import SpeakerLevelDP
 from strategies.handshake import KnownIdsHandshake
@@ -123,6 +134,7 @@ class HyDiscGANStrategy(Strategy):
         secure_aggregation: SecAggPlus | None = None,
         on_round_end: RoundEndHook | None = None,
         task: str = "sentiment",
+        generator_heads: Mapping[str, str] | None = None,
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; use one of {list(METHODS)}")
@@ -133,6 +145,9 @@ class HyDiscGANStrategy(Strategy):
                              "MSA stage needs both")
         self.method = method
         self.task = task
+        # Clients miss modalities: stage 1 aggregates G part by part, each weighted by the examples that trained
+        # it (strategies.aggregation.generator_parts; the array-key prefix of each modality's head of G)
+        self.generator_heads = None if generator_heads is None else dict(generator_heads)
         self.rounds_align = rounds_align
         self.msa_site = msa_site
         self.server_stage = server_stage
@@ -303,10 +318,31 @@ class HyDiscGANStrategy(Strategy):
             return aggregated
         self.privacy = clients_privacy(self.privacy, valid)
         per_client = list(zip(valid, updated, weights))
+        if summary.stage == "align" and self.generator_heads is not None and GENERATOR in self.aggregators:
+            return [self._aggregate_generator_parts(summary.server_round, per_client)]
         return [self.aggregators[component].aggregate(
                     summary.server_round, [(reply, component_arrays(arrays, component), weight)
                                            for reply, arrays, weight in per_client])
                 for component in self.sent_components(summary.stage)]
+
+    def _aggregate_generator_parts(self, server_round: int,
+                                   per_client: list[tuple[Message, ArrayRecord, int]]) -> ArrayRecord:
+        """Stage 1 with clients missing modalities: each part of G (a modality's head, the shared rest)
+        aggregated over the clients that trained it, weighted by their (capped) examples of it; a part no
+        client trained keeps its global arrays (absent from the result)."""
+        generator = self.aggregators[GENERATOR]
+        keys = component_arrays(per_client[0][1], GENERATOR).keys()
+        merged = ArrayRecord()
+        for part, part_keys in generator_parts(keys, self.generator_heads).items():
+            trained = [(reply, arrays, claim) for reply, arrays, _ in per_client
+                       if (claim := part_claim(reply.content["metrics"], part)) > 0]
+            if not trained or not part_keys:
+                continue
+            weights = capped_weights([claim for _, _, claim in trained], self.max_examples_ratio)
+            aggregated = generator.aggregate(server_round, [(reply, ArrayRecord({k: arrays[k] for k in part_keys}), w)
+                                                            for (reply, arrays, _), w in zip(trained, weights)])
+            merged = merge_arrays(merged, [aggregated])
+        return merged
 
     def _aggregate_securely(self, summary: RoundSummary, valid: list[Message]) -> list[ArrayRecord]:
         """SecAgg+'s unmask round trip, then each component's rule over the unmasked weighted mean: the new

@@ -1,19 +1,31 @@
 """Simulated missing modalities (hydiscgan_fl.data.missing): each kind's counts and seeding, the presence mask
-that travels with the tensors, the config's checks, and the counts a client reports."""
+that travels with the tensors, the config's checks, the counts a client reports, and HyDiscGAN with incomplete
+clients (stage 1 per modality, G aggregated part by part, one federated run)."""
 
 from __future__ import annotations
+
+import csv
+import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from examples.in_process import run_in_process
 
 from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import load_dataset
 from hydiscgan_fl.data.missing import PATTERNS, Missingness
 from hydiscgan_fl.models import build_client_discriminators, build_shared_models
 from hydiscgan_fl.privacy.reply_metrics import PRESENCE_KEYS, allowed_reply_metrics
-from hydiscgan_fl.training import local_alignment, tensor_view, to_tensors
+from hydiscgan_fl.training import local_alignment, msa_step, tensor_view, to_tensors, train_multimodal
+from hydiscgan_fl.training.loops import client_modalities
+from strategies import HyDiscGANStrategy
+from strategies.aggregation import generator_parts, part_claim
 from strategies.bookkeeping import ClientRound, RoundSummary
+from tests.grids import StaticGrid
 
 IDS = np.array([f"video{v}_{u}" for v in range(200) for u in range(10)])  # 2,000 utterance ids
 
@@ -125,15 +137,82 @@ def test_config_refuses_bad_values_and_methods_that_cannot_mask(overrides, messa
         HyDiscGANConfig.from_run_config(run_config)
 
 
-def test_a_family_that_reads_no_mask_is_refused_and_so_is_hydiscgans_alignment() -> None:
-    with pytest.raises(ValueError, match="msa-model 'mlp' reads no presence masks"):
-        tensor_view(HyDiscGANConfig(dataset="synthetic", msa_model="mlp", missing_rate=0.2))
-    cfg = HyDiscGANConfig(dataset="synthetic", msa_model="fsrf", missing_client_visual=1.0, hidden_dim=16)
+def test_a_family_that_reads_no_mask_is_refused_where_real_modalities_meet_it() -> None:
+    cfg = HyDiscGANConfig(dataset="synthetic", method="fedavg-multimodal", msa_model="mlp", missing_rate=0.2)
     train = load_dataset("synthetic", None, 0).split_subset("train").subset(np.arange(20))
-    data = to_tensors(train, torch.device("cpu"), tensor_view(cfg, client_key=0))
+    data = to_tensors(train, torch.device("cpu"), tensor_view(cfg.model_copy(update={"method": "hydiscgan"})))
     shared = build_shared_models(train.dims, cfg, 0)
-    with pytest.raises(ValueError, match="alignment stage does not honour presence masks"):
-        local_alignment(shared, build_client_discriminators(train.dims, cfg, 0), data, cfg, 1, 0)
+    with pytest.raises(ValueError, match="MSAModel reads no presence masks"):
+        train_multimodal(shared.msa, data, cfg, 1, 0, train.label_kind)  # e.g. central-multimodal
+    with pytest.raises(ValueError, match="msa-model 'mlp' reads no presence masks"):
+        tensor_view(cfg)  # the federated baseline: at the start of the run
+
+
+def _client(missing: dict, client_key: int = 0, rows: int = 48):
+    cfg = HyDiscGANConfig(dataset="synthetic", msa_model="mlp", hidden_dim=16, batch_size=16, **missing)
+    train = load_dataset("synthetic", None, 0).split_subset("train").subset(np.arange(rows))
+    data = to_tensors(train, torch.device("cpu"), tensor_view(cfg, client_key))
+    return cfg, train, data
+
+
+def _stage1(cfg, train, data):
+    shared = build_shared_models(train.dims, cfg, 0)
+    private = build_client_discriminators(train.dims, cfg, 1)
+    before = {k: v.clone() for k, v in {**_prefixed(shared, "g."), **_prefixed(private, "p.")}.items()}
+    losses = local_alignment(shared, private, data, cfg, 1, 0)
+    after = {**_prefixed(shared, "g."), **_prefixed(private, "p.")}
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    return losses, changed, shared
+
+
+def _prefixed(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + key: value for key, value in module.state_dict().items()}
+
+
+def test_a_client_without_audio_trains_the_visual_side_of_stage_1_only() -> None:
+    losses, changed, _ = _stage1(*_client({"missing_client_audio": 1.0}))
+    assert losses and any(k.startswith("g.generator.visual_head.") for k in changed)
+    assert any(k.startswith("g.generator.trunk.") for k in changed)
+    assert any(k.startswith("p.disc_visual.") for k in changed) and any(k.startswith("p.encoder_visual.") for k in changed)
+    assert not any(k.startswith(("g.generator.audio_head.", "p.disc_audio.", "p.encoder_audio.")) for k in changed)
+    _, changed, _ = _stage1(*_client({"missing_client_visual": 1.0}))  # and the reverse
+    assert any(k.startswith("g.generator.audio_head.") for k in changed)
+    assert not any(k.startswith(("g.generator.visual_head.", "p.disc_visual.")) for k in changed)
+
+
+def test_a_client_with_neither_modality_sits_stage_1_out() -> None:
+    losses, changed, _ = _stage1(*_client({"missing_client_audio": 1.0, "missing_client_visual": 1.0}))
+    assert losses == {} and changed == set()
+
+
+def test_what_a_missing_entry_holds_never_changes_stage_1() -> None:
+    cfg, train, data = _client({"missing_modality_rate": 0.6})
+    assert not data.present.all()
+    _, _, clean = _stage1(cfg, train, data)
+    noise = torch.randn(data.audio.shape, generator=torch.Generator().manual_seed(9)) * 100
+    garbage = dataclasses.replace(data, audio=torch.where(data.present[:, 1:2], data.audio, noise),
+                                  visual=torch.where(data.present[:, 2:3], data.visual, 5.0))
+    _, _, noisy = _stage1(cfg, train, garbage)
+    for key, value in clean.state_dict().items():
+        torch.testing.assert_close(noisy.state_dict()[key], value)
+
+
+def test_stage_2_asks_only_the_discriminators_of_modalities_the_client_holds() -> None:
+    cfg, train, data = _client({"missing_client_audio": 1.0})
+    assert client_modalities(data) == ("visual",)
+    shared = build_shared_models(train.dims, cfg, 0)
+    private = build_client_discriminators(train.dims, cfg, 1)
+    asked = []
+    original = private.logits
+    private.logits = lambda a, v, t: asked.append(1) or original(a, v, t)  # noqa: E731
+    batch = data.rows(torch.arange(16))
+    optimizer = torch.optim.Adam(shared.parameters())
+    noise = torch.zeros(16, cfg.noise_dim)
+    with_audio = msa_step(shared, private, batch, optimizer, cfg, noise, train.label_kind)
+    only_visual = msa_step(shared, private, batch, optimizer, cfg, noise, train.label_kind, judges=("visual",))
+    neither = msa_step(shared, private, batch, optimizer, cfg, noise, train.label_kind, judges=())
+    assert "loss_gen_adv" in with_audio and "loss_gen_adv" in only_visual and "loss_gen_adv" not in neither
+    assert len(asked) == 2
 
 
 def test_modality_counts_may_leave_a_client_and_are_summed_not_averaged() -> None:
@@ -148,3 +227,63 @@ def test_modality_counts_may_leave_a_client_and_are_summed_not_averaged() -> Non
     row = summary.as_row()
     assert (row["examples_text"], row["examples_audio"], row["examples_visual"]) == (8, 3, 4)
     assert "examples_audio" not in RoundSummary(1, "align", 0.0, clients=[ClientRound(1, "align", 1, "ok", 1)]).as_row()
+
+
+def test_stage_1_weights_each_part_of_g_by_the_examples_that_trained_it(task_identity) -> None:
+    """Hand computation: audio head by examples-audio, visual head by examples-visual, the rest by their sum;
+    a client with neither counts for nothing, and a part no client trained keeps its global value."""
+    heads = {"audio": "generator.audio_head.", "visual": "generator.visual_head."}
+    zero = {"generator.trunk.w": np.zeros(2), "generator.audio_head.w": np.zeros(2),
+            "generator.visual_head.w": np.zeros(2), "msa.w": np.zeros(1)}
+    strategy = HyDiscGANStrategy(rounds_align=1, node_settle_s=0.0, generator_heads=heads)
+    initial = ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in zero.items()})
+    messages = list(strategy.configure_train(1, initial, ConfigRecord(), StaticGrid([1, 2, 3])))
+
+    def reply(message, value: float, audio: int, visual: int) -> Message:
+        arrays = ArrayRecord({k: Array(np.full(2, value, dtype=np.float32)) for k in zero if k.startswith("generator.")})
+        metrics = MetricRecord({"num-examples": 10, "examples-text": 10, "examples-audio": audio,
+                                "examples-visual": visual})
+        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=message)
+
+    arrays, _ = strategy.aggregate_train(1, [reply(messages[0], 1.0, 10, 10), reply(messages[1], 4.0, 0, 10),
+                                            reply(messages[2], 100.0, 0, 0)])
+    np.testing.assert_allclose(arrays["generator.audio_head.w"].numpy(), 1.0)  # only client 1 held audio
+    np.testing.assert_allclose(arrays["generator.visual_head.w"].numpy(), (10 * 1 + 10 * 4) / 20)
+    np.testing.assert_allclose(arrays["generator.trunk.w"].numpy(), (20 * 1 + 10 * 4) / 30)
+    row = strategy.rounds[-1].as_row()
+    assert (row["examples_audio"], row["examples_visual"]) == (10, 20)
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), StaticGrid([1])))
+    kept, _ = strategy.aggregate_train(1, [reply(messages[0], 9.0, 0, 0)])  # nobody trained any part
+    for key in ("generator.trunk.w", "generator.audio_head.w", "generator.visual_head.w"):
+        np.testing.assert_allclose(kept[key].numpy(), arrays[key].numpy())
+    assert generator_parts(["generator.audio_head.b", "generator.trunk.0.w"], heads) == {
+        "shared": ["generator.trunk.0.w"], "audio": ["generator.audio_head.b"]}
+    assert part_claim({"num-examples": 7}, "shared") == 14  # no counts reported: every utterance held both
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    ({"aggregation": "fedmedian"}, "aggregation-generator 'fedmedian'"),
+    ({"secure_aggregation": "secaggplus"}, "secure-aggregation"),
+    ({"dp_unit": "speaker"}, "dp-unit 'speaker'"),
+])
+def test_hydiscgan_with_missing_modalities_needs_a_part_weighted_mean(overrides, problem) -> None:
+    with pytest.raises(ValueError, match=problem):
+        HyDiscGANConfig(missing_client_audio=0.5, **overrides)
+    HyDiscGANConfig(missing_client_audio=0.5, rounds_align=0, **overrides)  # no stage 1: nothing to weigh
+
+
+def test_a_federated_hydiscgan_run_with_clients_missing_modalities(tmp_path) -> None:
+    """Both stages through the ServerApp and ClientApps, 3 clients of which (seed 0) one holds neither audio
+    nor visual and sits stage 1 out; every round completes and metrics.csv sums the clients' counts."""
+    run = run_in_process({"dataset": "synthetic", "rounds-align": 1, "rounds-msa": 1, "local-epochs": 1,
+                          "batch-size": 64, "hidden-dim": 16, "msa-model": "mlp", "missing-client-audio": 0.5,
+                          "missing-client-visual": 0.5, "missing-modality-rate": 0.2, "output-dir": str(tmp_path)},
+                         num_nodes=3)
+    rounds = list(csv.DictReader((run.run_dir / "metrics.csv").open()))
+    assert [(r["stage"], int(r["replies_ok"])) for r in rounds] == [("align", 3), ("msa", 3)]
+    clients = list(csv.DictReader((run.run_dir / "clients.csv").open()))
+    for row in rounds:
+        mine = [c for c in clients if c["server_round"] == row["round"]]
+        assert int(row["examples_audio"]) == sum(int(c["examples_audio"]) for c in mine)
+    assert any(int(c["examples_audio"]) == int(c["examples_visual"]) == 0 for c in clients)
+    assert np.isfinite(json.loads((run.run_dir / "summary.json").read_text())["f1"])

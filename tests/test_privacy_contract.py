@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from clients import handlers
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.models import build_federated_models, build_shared_models
+from hydiscgan_fl.models.registry import generator_heads
 from strategies import HyDiscGANStrategy
 from strategies.aggregation import component_rules
 from strategies.dp import speaker_level_dp
@@ -35,6 +36,7 @@ WITHOUT_DP_MULTIMODAL = {"num-examples", "train-s"}  # M(t, a, v) reads real aud
 WITHOUT_DP_PRIVILEGED = {"num-examples", "train-s"}  # the student's loss depends on the teacher / auxiliary loss
 SPEAKER_DP = {"num-examples"}
 UTTERANCE_DP = {"num-examples", "epsilon-rdp", "epsilon-prv"}  # from sigma, q, steps: public parameters
+PRESENCE = {"examples-text", "examples-audio", "examples-visual"}  # utterances holding each modality (counts)
 
 G, M = ("generator.",), ("msa.",)
 
@@ -58,6 +60,15 @@ CASES = {
                            [("distill", M, SPEAKER_DP)]),
     "multitask": ({"method": "multitask"}, [("multitask", M, WITHOUT_DP_PRIVILEGED)] * 2),
     "multitask-speaker-dp": ({"method": "multitask", "dp_unit": "speaker"}, [("multitask", M, SPEAKER_DP)]),
+    # Simulated missing modalities (this client holds no audio; some utterances miss more): the same keys plus
+    # how many of its utterances hold each modality (metadata like num-examples), under every DP unit.
+    "missing-modalities": ({"missing_client_audio": 1.0, "missing_modality_rate": 0.3},
+                           [("align", G, WITHOUT_DP_ALIGN | PRESENCE), ("msa", G + M, WITHOUT_DP_MSA | PRESENCE)]),
+    "missing-modalities-utterance-dp": ({"missing_client_audio": 1.0, "missing_rate": 0.3, "dp_unit": "utterance"},
+                                        [("align", G, UTTERANCE_DP | PRESENCE), ("msa", G + M, UTTERANCE_DP | PRESENCE)]),
+    "missing-modalities-fedavg-multimodal-speaker-dp": (
+        {"method": "fedavg-multimodal", "msa_model": "fsrf", "missing_modality_rate": 0.5, "dp_unit": "speaker"},
+        [("multimodal", M, SPEAKER_DP | PRESENCE)]),
     # Ablations change no key: the same stages, arrays and metrics as HyDiscGAN's.
     "zero-fakes": ({"ablation": "zero-fakes"}, [("align", G, WITHOUT_DP_ALIGN), ("msa", G + M, WITHOUT_DP_MSA)]),
 }
@@ -72,7 +83,7 @@ def server_strategy(cfg: HyDiscGANConfig) -> HyDiscGANStrategy:
     """The strategy as server_app.py builds it."""
     return HyDiscGANStrategy(rounds_align=1, aggregation=component_rules(cfg), method=cfg.method, seed=cfg.seed,
                              node_settle_s=0.0, dp=speaker_level_dp(cfg), dp_unit=cfg.dp_unit,
-                             max_examples_ratio=cfg.max_examples_ratio)
+                             max_examples_ratio=cfg.max_examples_ratio, generator_heads=generator_heads(cfg))
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -17,8 +17,8 @@ a user's entry as ``package.module:NAME`` (like aggregation rules), NAME being a
   the multimodal baselines its audio/visual inputs); G's fakes reach it as pooled vectors.
 - Missing modalities (hydiscgan_fl.data.missing): a family that ``reads_presence`` (``fsrf`` and its
   ablations) takes ``M(text, audio, visual, layout, present=mask)``, the (N, 3) bool mask of text, audio,
-  visual, and must not let a missing modality's values change an output; runs that simulate missing
-  modalities refuse the other families.
+  visual, and must not let a missing modality's values change an output; M of another family refuses real
+  audio/visual with a mask (``presence_input``). HyDiscGAN's M reads G's fakes, complete, so any family serves.
 - A family's own loss terms: when M has ``training_losses(text, audio, visual, layout=None, present=None, *,
   task_loss)``, the training loops (``hydiscgan_fl.training.losses.msa_objective``) take its dict of weighted
   terms, "task" among them (``task_loss(outputs)`` is the run's sentiment loss), in place of the plain
@@ -27,11 +27,14 @@ a user's entry as ``package.module:NAME`` (like aggregation rules), NAME being a
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+import inspect
+
 import numpy as np
+import torch
 from torch import nn
 
 from hydiscgan_fl.config import HyDiscGANConfig
@@ -51,6 +54,10 @@ Dims = dict[str, int]
 @dataclass(frozen=True)
 class GeneratorEntry:
     build: Callable[[Dims, HyDiscGANConfig], nn.Module]  # G from the feature dims
+    # modality -> prefix of the state-dict keys of G's head that only that modality's stage-1 terms train: with
+    # clients missing modalities, each head is aggregated by the examples of its modality (strategies.aggregation
+    # .generator_parts); G without such heads ({}) is aggregated whole, by the examples of either modality
+    modality_heads: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,8 @@ class Registry(Generic[Entry]):
 
 GENERATORS: Registry[GeneratorEntry] = Registry("generator-model", GeneratorEntry, {
     "mlp": GeneratorEntry(lambda dims, cfg: ConditionalGenerator(dims["text"], dims["audio"], dims["visual"],
-                                                                 cfg.noise_dim, cfg.hidden_dim, cfg.dropout)),
+                                                                 cfg.noise_dim, cfg.hidden_dim, cfg.dropout),
+                          modality_heads={"audio": "audio_head.", "visual": "visual_head."}),
 })
 
 MSA_MODELS: Registry[MSAFamily] = Registry("msa-model", MSAFamily, {
@@ -158,6 +166,26 @@ def reads_steps(cfg: HyDiscGANConfig) -> bool:
 def needs_context(cfg: HyDiscGANConfig) -> bool:
     """Whether the run's M reads whole videos (then clients hold whole videos, batches are videos)."""
     return msa_family(cfg).needs_context
+
+
+def presence_input(msa: nn.Module, present: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The keyword arguments that hand M a presence mask (data.missing): {} when nothing is missing; an error
+    naming M when it cannot read one (it would take a missing modality's zeros for data)."""
+    if present is None:
+        return {}
+    if "present" not in inspect.signature(msa.forward).parameters:
+        raise ValueError(f"the MSA model {type(msa).__name__} reads no presence masks, so it would take the zeros of "
+                         "a missing modality for data: with real audio/visual and simulated missing modalities "
+                         "(missing-*), use an msa-model that reads them, e.g. 'fsrf'")
+    return {"present": present}
+
+
+def generator_heads(cfg: HyDiscGANConfig) -> dict[str, str] | None:
+    """With simulated missing modalities in a HyDiscGAN run: each modality's prefix of G's head in the
+    global arrays ('generator.audio_head.'), for the strategy to aggregate G part by part; else None."""
+    if not (cfg.simulates_missing and cfg.method == "hydiscgan"):
+        return None
+    return {modality: f"{GENERATOR}.{prefix}" for modality, prefix in GENERATORS.get(cfg.generator_model).modality_heads.items()}
 
 
 def build_generator(dims: Dims, cfg: HyDiscGANConfig) -> nn.Module:

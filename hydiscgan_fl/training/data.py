@@ -15,7 +15,7 @@ from hydiscgan_fl.data import MultimodalDataset, standardize_per_speaker
 from hydiscgan_fl.data.misalign import Misalignment
 from hydiscgan_fl.data.missing import Missingness
 from hydiscgan_fl.data.sequences import masked_mean
-from hydiscgan_fl.models.registry import msa_family
+from hydiscgan_fl.models.registry import msa_family, presence_input
 from hydiscgan_fl.models.steps import Input, StepTensors
 
 # (N, T, D) sequences and their valid lengths (N,) -> (N, D) utterance vectors: an MSA family's pooling.
@@ -38,16 +38,17 @@ class TensorView:
 
 
 def tensor_view(cfg: HyDiscGANConfig, client_key: int | None = None) -> TensorView:
-    """The run's view; `client_key` for a client's own training data. Refuses simulated missing modalities
-    with an MSA family that cannot tell a missing modality from data (its `reads_presence`)."""
+    """The run's view; `client_key` for a client's own training data. With simulated missing modalities the
+    fedavg-multimodal baseline, whose M reads the real audio/visual, needs a family that reads presence masks
+    (refused here, at the start of a run; `registry.presence_input` guards every other path)."""
     family = msa_family(cfg)
     misalignment = Misalignment(cfg.misalign_rate, cfg.misalign_shift, cfg.seed)
     missingness = Missingness(cfg.missing_rate, cfg.missing_modality_rate, cfg.missing_client_audio,
                               cfg.missing_client_visual, cfg.seed)
-    if missingness.active and not family.reads_presence:
+    if missingness.active and cfg.method == "fedavg-multimodal" and not family.reads_presence:
         raise ValueError(f"msa-model {cfg.msa_model!r} reads no presence masks, so it would take the zeros of a "
-                         "missing modality for data; simulated missing modalities (missing-*) need a family that "
-                         "reads them, e.g. 'fsrf' (hydiscgan_fl.models.registry)")
+                         "missing modality for data: method 'fedavg-multimodal' with simulated missing modalities "
+                         "(missing-*) needs a family that reads them, e.g. 'fsrf'")
     return TensorView(family.pool, family.reads_steps, misalignment if misalignment.active else None,
                       missingness if missingness.active else None, client_key)
 
@@ -88,9 +89,7 @@ class UtteranceTensors:
 
     def read_by(self, msa: torch.nn.Module, layout=None) -> torch.Tensor:  # noqa: ANN001 - a VideoLayout
         """M(t, a, v) on these real modalities, with the presence mask when some modality is missing."""
-        if self.present is None:
-            return msa(*self.msa_inputs(), layout)
-        return msa(*self.msa_inputs(), layout, present=self.present)
+        return msa(*self.msa_inputs(), layout, **presence_input(msa, self.present))
 
 
 def modality_steps(dataset: MultimodalDataset, name: str,

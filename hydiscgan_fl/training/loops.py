@@ -59,17 +59,17 @@ def local_alignment(
     speakers: torch.Tensor | None = None,
     ledger: PrivacyLedger | None = None,
 ) -> dict[str, float]:
-    """Stage 1 on one client: per minibatch one D step, then one G step. Returns mean losses.
+    """Stage 1 on one client: per minibatch one D step, then one G step. Returns mean losses. With missing
+    modalities (`data.present`) each modality's terms read only the utterances holding it
+    (`training.steps.held_modalities`): a client without audio trains D_v, E_v and G's visual head and trunk.
 
     `adversary`, with `speakers` (the local speaker id of every row of `data`), adds adversarial identity
     unlearning to G's step. Under utterance-level DP (dp-unit "utterance") both steps are DP-SGD steps,
     each on its own Poisson batch, recorded in `ledger`; the batches and the noise are then secret
     (`privacy.secret_rng`), so only a run without DP is a function of `seed`.
     """
-    if data.present is not None and not bool(data.present[:, 1:].all()):
-        # D, E and G's reconstruction would read the zeros of a missing audio/visual as real features
-        raise ValueError("HyDiscGAN's alignment stage does not honour presence masks yet: simulated missing audio/"
-                         "visual (missing-*) needs method 'fedavg-multimodal', or rounds-align 0")
+    if not client_modalities(data):
+        return {}  # a client holding neither audio nor visual has nothing to align: it takes part in stage 2 only
     rng = seeded(seed)
     device = data.text.device
     shared.train()
@@ -127,6 +127,13 @@ def local_alignment(
     return mean_of_history(history)
 
 
+def client_modalities(data: UtteranceTensors) -> tuple[str, ...]:
+    """The private modalities (audio, visual) that at least one of the client's utterances holds."""
+    if data.present is None:
+        return ("audio", "visual")
+    return tuple(name for column, name in ((1, "audio"), (2, "visual")) if bool(data.present[:, column].any()))
+
+
 def _record(history: dict[str, list[float]], step: dict[str, float]) -> None:
     for key, value in step.items():
         history[key].append(value)
@@ -159,13 +166,14 @@ def local_msa(
     optimizer = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
     anchors = [p.detach().clone() for p in shared.parameters()] if proximal_mu > 0 else None
     history: dict[str, list[float]] = defaultdict(list)
+    judges = client_modalities(data)  # the modalities this client's D was trained on
     try:
         for _ in range(epochs):
             for index, layout in batches(len(data), cfg.batch_size, rng, videos, data.text.device):
                 batch = data.rows(index)
                 noise = shared.generator.sample_noise(len(index), rng).to(data.text.device)
                 _record(history, msa_step(shared, private, batch, optimizer, cfg, noise, label_kind, anchors,
-                                          proximal_mu, layout))
+                                          proximal_mu, layout, judges))
     finally:
         if private is not None:
             private.requires_grad_(True)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hydiscgan_fl.models.registry import presence_input
+
 
 def info_nce(fake: torch.Tensor, real: torch.Tensor, temperature: float) -> torch.Tensor:
     """Contrastive alignment: fake_i must match real_i; the other reals of the batch are negatives.
@@ -21,7 +23,15 @@ def info_nce(fake: torch.Tensor, real: torch.Tensor, temperature: float) -> torc
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
-def per_utterance_alignment(fake: torch.Tensor, real: torch.Tensor, temperature: float) -> torch.Tensor:
+def row_mean(per_row: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean over a batch's rows of per-row losses, each row weighted 0 or 1 by `weights` (None: all 1),
+    divided by the whole batch size: a row's share never depends on which other rows are kept (DP-SGD's
+    per-utterance clipping assumes a mean over the batch). Rows weighted 0 are utterances missing the modality."""
+    return per_row.mean() if weights is None else (per_row * weights).sum() / per_row.shape[0]
+
+
+def per_utterance_alignment(fake: torch.Tensor, real: torch.Tensor, temperature: float,
+                            weights: torch.Tensor | None = None) -> torch.Tensor:
     """The contrastive term under utterance-level DP: mean over utterances of (1 - cos(fake_i, real_i)) / T.
 
     InfoNCE's loss for utterance i is -cos_ii / T plus a log-partition over the *other* utterances of the
@@ -31,19 +41,34 @@ def per_utterance_alignment(fake: torch.Tensor, real: torch.Tensor, temperature:
     nothing in this term stops fakes from bunching together; the reconstruction and real/fake terms,
     both per utterance, still separate them.
     """
-    return ((1.0 - F.cosine_similarity(fake, real, dim=1)) / temperature).mean()
+    return row_mean((1.0 - F.cosine_similarity(fake, real, dim=1)) / temperature, weights)
 
 
-def real_fake_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """The discriminator's binary cross-entropy: real -> 1, fake -> 0."""
-    return F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) + (
-        F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-    )
+def real_fake_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                   weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The discriminator's binary cross-entropy: real -> 1, fake -> 0 (over the rows `weights` keeps)."""
+    if weights is None:
+        return F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) + (
+            F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        )
+    per_row = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits), reduction="none") + (
+        F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits), reduction="none"))
+    return row_mean(per_row, weights)
 
 
-def fool_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """The generator's non-saturating adversarial loss: make D call the fakes real."""
-    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+def fool_loss(fake_logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The generator's non-saturating adversarial loss: make D call the fakes real (over the rows `weights` keeps)."""
+    if weights is None:
+        return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    return row_mean(F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits), reduction="none"),
+                    weights)
+
+
+def reconstruction_loss(fake: torch.Tensor, real: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE between fake and real features (over the rows `weights` keeps)."""
+    if weights is None:
+        return F.mse_loss(fake, real)
+    return row_mean((fake - real).pow(2).mean(dim=1), weights)
 
 
 def sentiment_loss(outputs: torch.Tensor, labels: torch.Tensor, label_kind: str) -> torch.Tensor:
@@ -77,4 +102,4 @@ def msa_objective(msa: nn.Module, inputs: Sequence, layout, present: torch.Tenso
     own = getattr(msa, "training_losses", None)
     if own is not None:
         return own(*inputs, layout, present, task_loss=task_loss)
-    return {"task": task_loss(msa(*inputs, layout) if present is None else msa(*inputs, layout, present=present))}
+    return {"task": task_loss(msa(*inputs, layout, **presence_input(msa, present)))}

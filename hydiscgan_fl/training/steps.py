@@ -23,14 +23,51 @@ from hydiscgan_fl.training.losses import (
     per_utterance_alignment,
     proximal_term,
     real_fake_loss,
+    reconstruction_loss,
 )
 
 
-def _contrastive(fake: torch.Tensor, real: torch.Tensor, cfg: HyDiscGANConfig) -> torch.Tensor:
-    """InfoNCE over the batch, or its per-utterance form when each utterance is a DP record."""
+def held_modalities(batch: UtteranceTensors, cfg: HyDiscGANConfig) -> dict[str, torch.Tensor | None]:
+    """The private modalities whose terms a stage-1 step computes, each with the 0/1 weight of the rows that
+    hold it (None: every row does; data.missing). Without DP a modality that no row holds is left out, so
+    nothing of it is trained (no gradient reaches its D, E or head of G); under utterance-level DP its terms
+    stay, weighted 0, so that a step's shape does not depend on which utterances miss what."""
+    if batch.present is None:
+        return {"audio": None, "visual": None}
+    held = {}
+    for column, name in ((1, "audio"), (2, "visual")):
+        weights = batch.present[:, column].to(batch.audio.dtype)
+        if cfg.dp_unit == "utterance" or bool(weights.any()):
+            held[name] = weights
+    return held
+
+
+def _contrastive(fake: torch.Tensor, real: torch.Tensor, cfg: HyDiscGANConfig,
+                 weights: torch.Tensor | None = None) -> torch.Tensor | None:
+    """InfoNCE over the batch's rows that hold the modality (None below two: no negatives), or its
+    per-utterance form when each utterance is a DP record."""
     if cfg.dp_unit == "utterance":
-        return per_utterance_alignment(fake, real, cfg.temperature)
+        return per_utterance_alignment(fake, real, cfg.temperature, weights)
+    if weights is not None:
+        rows = weights.bool()
+        if int(rows.sum()) < 2:
+            return None
+        fake, real = fake[rows], real[rows]
     return info_nce(fake, real, cfg.temperature)
+
+
+def _sum(terms: list[torch.Tensor | None]) -> torch.Tensor | None:
+    kept = [term for term in terms if term is not None]
+    return torch.stack(kept).sum() if kept else None
+
+
+def _update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """One optimiser step on `loss`; none when no term was computed (a client missing both private modalities
+    in this batch), so that Adam's weight decay does not move untrained weights either."""
+    optimizer.zero_grad(set_to_none=True)
+    if loss.requires_grad:
+        loss.backward()
+        optimizer.step()
 
 
 def discriminator_step(
@@ -42,25 +79,26 @@ def discriminator_step(
     noise: torch.Tensor,
 ) -> dict[str, float]:
     """Train E_a, E_v, D_a, D_v: real vs G-fake (when a loss term uses D, `cfg.uses_discriminator`), plus the
-    contrastive term that shapes E's space (when lambda-contrastive > 0). Call only when one of them applies."""
+    contrastive term that shapes E's space (when lambda-contrastive > 0), each modality over the rows that hold
+    it (`held_modalities`). Call only when one of them applies."""
     with torch.no_grad():
         fake_audio, fake_visual = shared.generator(batch.text, noise)
+    held = held_modalities(batch, cfg)
+    fakes, reals = {"audio": fake_audio, "visual": fake_visual}, {"audio": batch.audio, "visual": batch.visual}
+    encoders = {"audio": private.encoder_audio, "visual": private.encoder_visual}
     loss = fake_audio.new_zeros(())
     metrics = {}
-    if cfg.uses_discriminator:
-        real_a, real_v = private.logits(batch.audio, batch.visual, batch.text)
-        fake_a, fake_v = private.logits(fake_audio, fake_visual, batch.text)
-        loss_disc = real_fake_loss(real_a, fake_a) + real_fake_loss(real_v, fake_v)
+    if cfg.uses_discriminator and held:
+        real_logits = dict(zip(("audio", "visual"), private.logits(batch.audio, batch.visual, batch.text)))
+        fake_logits = dict(zip(("audio", "visual"), private.logits(fake_audio, fake_visual, batch.text)))
+        loss_disc = _sum([real_fake_loss(real_logits[m], fake_logits[m], w) for m, w in held.items()])
         loss = loss + loss_disc
         metrics["loss_disc"] = loss_disc.item()
     if cfg.lambda_contrastive > 0:
-        loss_nce = _contrastive(private.encoder_audio(fake_audio), private.encoder_audio(batch.audio), cfg) + (
-            _contrastive(private.encoder_visual(fake_visual), private.encoder_visual(batch.visual), cfg)
-        )
-        loss = loss + cfg.lambda_contrastive * loss_nce
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+        loss_nce = _sum([_contrastive(encoders[m](fakes[m]), encoders[m](reals[m]), cfg, w) for m, w in held.items()])
+        if loss_nce is not None:
+            loss = loss + cfg.lambda_contrastive * loss_nce
+    _update(loss, optimizer)
     return metrics
 
 
@@ -85,24 +123,25 @@ def generator_alignment_step(
     private.requires_grad_(False)  # D and E are fixed here: no gradients (nor Opacus per-sample ones) for them
     try:
         fake_audio, fake_visual = shared.generator(batch.text, noise)
+        held = held_modalities(batch, cfg)  # each modality's terms over the rows that hold it
+        fakes, reals = {"audio": fake_audio, "visual": fake_visual}, {"audio": batch.audio, "visual": batch.visual}
+        encoders = {"audio": private.encoder_audio, "visual": private.encoder_visual}
         loss = fake_audio.new_zeros(())
         metrics = {}
-        if cfg.lambda_adv > 0:
-            fake_a, fake_v = private.logits(fake_audio, fake_visual, batch.text)
-            loss_adv = fool_loss(fake_a) + fool_loss(fake_v)
+        if cfg.lambda_adv > 0 and held:
+            fake_logits = dict(zip(("audio", "visual"), private.logits(fake_audio, fake_visual, batch.text)))
+            loss_adv = _sum([fool_loss(fake_logits[m], w) for m, w in held.items()])
             loss = loss + cfg.lambda_adv * loss_adv
             metrics["loss_gen_adv"] = loss_adv.item()
         if cfg.lambda_contrastive > 0:
             with torch.no_grad():
-                real_emb_a = private.encoder_audio(batch.audio)
-                real_emb_v = private.encoder_visual(batch.visual)
-            loss_nce = _contrastive(private.encoder_audio(fake_audio), real_emb_a, cfg) + (
-                _contrastive(private.encoder_visual(fake_visual), real_emb_v, cfg)
-            )
-            loss = loss + cfg.lambda_contrastive * loss_nce
-            metrics["loss_contrastive"] = loss_nce.item()
-        if cfg.lambda_recon > 0:
-            loss_recon = F.mse_loss(fake_audio, batch.audio) + F.mse_loss(fake_visual, batch.visual)
+                real_embeddings = {m: encoders[m](reals[m]) for m in held}
+            loss_nce = _sum([_contrastive(encoders[m](fakes[m]), real_embeddings[m], cfg, w) for m, w in held.items()])
+            if loss_nce is not None:
+                loss = loss + cfg.lambda_contrastive * loss_nce
+                metrics["loss_contrastive"] = loss_nce.item()
+        if cfg.lambda_recon > 0 and held:
+            loss_recon = _sum([reconstruction_loss(fakes[m], reals[m], w) for m, w in held.items()])
             loss = loss + cfg.lambda_recon * loss_recon
             metrics["loss_recon"] = loss_recon.item()
         if adversary is not None:
@@ -112,10 +151,12 @@ def generator_alignment_step(
         if proximal_mu > 0.0 and anchors is not None:
             loss = loss + proximal_term(list(shared.generator.parameters()), anchors, proximal_mu)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if loss.requires_grad:
+            loss.backward()
     finally:
         private.requires_grad_(True)
-    optimizer.step()
+    if loss.requires_grad:
+        optimizer.step()
     return metrics
 
 
@@ -130,8 +171,10 @@ def msa_step(
     anchors: list[torch.Tensor] | None = None,
     proximal_mu: float = 0.0,
     layout: VideoLayout | None = None,
+    judges: tuple[str, ...] = ("audio", "visual"),
 ) -> dict[str, float]:
-    """Train M on (t, G(t, z)) and fine-tune G; frozen D keeps the fakes on the real manifold.
+    """Train M on (t, G(t, z)) and fine-tune G; frozen D keeps the fakes on the real manifold (the D of each
+    modality in `judges`: those the client holds, so a D never trained on real data judges nothing).
 
     G and D work per utterance; M reads the batch's whole videos through `layout` when it needs context.
     Ablations: "frozen-generator" runs G without gradients and drops the frozen-D term (it would only move
@@ -143,9 +186,9 @@ def msa_step(
     terms = msa_objective(shared.msa, inputs, layout, None, batch.labels, label_kind)
     loss = sum(terms.values())
     metrics = {f"loss_{name}": term.item() for name, term in terms.items()}
-    if private is not None and cfg.lambda_adv_msa > 0.0 and cfg.generator_trains_in_stage2:
-        fake_a, fake_v = private.logits(fake_audio, fake_visual, batch.text)
-        loss_adv = fool_loss(fake_a) + fool_loss(fake_v)
+    if private is not None and cfg.lambda_adv_msa > 0.0 and cfg.generator_trains_in_stage2 and judges:
+        fake_logits = dict(zip(("audio", "visual"), private.logits(fake_audio, fake_visual, batch.text)))
+        loss_adv = _sum([fool_loss(fake_logits[m]) for m in judges])
         loss = loss + cfg.lambda_adv_msa * loss_adv
         metrics["loss_gen_adv"] = loss_adv.item()
     if proximal_mu > 0.0 and anchors is not None:
