@@ -173,7 +173,8 @@ def hydiscgan_round(cfg: HyDiscGANConfig, context: Context, received: dict[str, 
         context.state[PERSONAL_STATE_PREFIX + component] = ArrayRecord(getattr(shared, component).state_dict())
 
     if data.present is not None:  # simulated missing modalities: how many utterances hold each (metadata)
-        reported.update({PRESENCE_KEYS[name]: int(count) for name, count in zip(PRESENCE_KEYS, data.present.sum(dim=0))})
+        counts = data.present.sum(dim=0).tolist()
+        reported.update({PRESENCE_KEYS[name]: int(count) for name, count in zip(PRESENCE_KEYS, counts)})
     return shared.state_dict(), losses, reported, len(dataset)
 
 
@@ -233,7 +234,8 @@ def train(msg: Message, context: Context) -> Message:
         arrays = {"arrays": ArrayRecord({key: value.half() if received[key].dtype == torch.float16 else value
                                          for key, value in reply.items()})}
     metrics = {f"loss-{key.removeprefix('loss_').replace('_', '-')}": float(v) for key, v in losses.items()}
-    metrics.update({key.replace("_", "-"): value for key, value in privacy.items()})  # PRIVACY_METRIC_KEYS, PRESENCE_KEYS
+    # PRIVACY_METRIC_KEYS and, with missing modalities, PRESENCE_KEYS
+    metrics.update({key.replace("_", "-"): value for key, value in privacy.items()})
     metrics.update({WEIGHT_KEY: num_examples, TIMING_KEY: time.perf_counter() - started})
     metrics = releasable_metrics(metrics, stage, cfg.dp_unit, who)
     return Message(RecordDict({**arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -349,8 +349,8 @@ class HyDiscGANConfig(BaseModel):
                    "secure-aggregation 'secaggplus' (no individual update)" if self.secure_aggregation != "none" else
                    "dp-unit 'speaker' (DP-FedAvg weighs clients equally)" if self.dp_unit == "speaker" else "")
         if problem:
-            raise ValueError(f"simulated missing modalities (missing-*) in HyDiscGAN's stage 1 aggregate each part of G "
-                             f"by the examples that trained it, with rule {' or '.join(PART_WEIGHTED_RULES)} on "
+            raise ValueError("simulated missing modalities (missing-*) in HyDiscGAN's stage 1 aggregate each part "
+                             f"of G by the examples that trained it, with rule {' or '.join(PART_WEIGHTED_RULES)} on "
                              f"individual updates; {problem} cannot (or set rounds-align 0)")
 
     def _check_secure_aggregation(self) -> None:

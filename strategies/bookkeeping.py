@@ -15,6 +15,9 @@ from hydiscgan_fl.privacy.ledger import PRIVACY_COLUMNS, PRIVACY_METRIC_KEYS
 from hydiscgan_fl.privacy.reply_metrics import PRESENCE_KEYS, TIMING_KEY, WEIGHT_KEY
 
 FAILURE_KINDS = ("error", "timeout", "rejected")
+# Reply metrics that are no training figures: the weight, train-s and the modality counts (per client in
+# clients.csv), the privacy figures (clients_privacy).
+_NOT_AVERAGED = frozenset({WEIGHT_KEY, TIMING_KEY, *PRIVACY_METRIC_KEYS, *PRESENCE_KEYS.values()})
 
 
 @dataclass
@@ -130,9 +133,8 @@ def weighted_metrics(replies: list[Message], weights: list[int]) -> dict[str, fl
     sums: dict[str, float] = {}
     for reply, weight in zip(replies, weights):
         for key, value in reply.content["metrics"].items():
-            if key in (WEIGHT_KEY, TIMING_KEY, *PRIVACY_METRIC_KEYS, *PRESENCE_KEYS.values()) or isinstance(value, list):
-                continue  # train-s and modality counts are reported per client in clients.csv; privacy figures by
-                # clients_privacy
+            if key in _NOT_AVERAGED or isinstance(value, list):
+                continue
             totals[key] = totals.get(key, 0.0) + weight * float(value)
             sums[key] = sums.get(key, 0.0) + weight
     return {key: totals[key] / sums[key] for key in totals}

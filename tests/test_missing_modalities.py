@@ -173,7 +173,8 @@ def test_a_client_without_audio_trains_the_visual_side_of_stage_1_only() -> None
     losses, changed, _ = _stage1(*_client({"missing_client_audio": 1.0}))
     assert losses and any(k.startswith("g.generator.visual_head.") for k in changed)
     assert any(k.startswith("g.generator.trunk.") for k in changed)
-    assert any(k.startswith("p.disc_visual.") for k in changed) and any(k.startswith("p.encoder_visual.") for k in changed)
+    assert any(k.startswith("p.disc_visual.") for k in changed)
+    assert any(k.startswith("p.encoder_visual.") for k in changed)
     assert not any(k.startswith(("g.generator.audio_head.", "p.disc_audio.", "p.encoder_audio.")) for k in changed)
     _, changed, _ = _stage1(*_client({"missing_client_visual": 1.0}))  # and the reverse
     assert any(k.startswith("g.generator.audio_head.") for k in changed)
@@ -240,7 +241,8 @@ def test_stage_1_weights_each_part_of_g_by_the_examples_that_trained_it(task_ide
     messages = list(strategy.configure_train(1, initial, ConfigRecord(), StaticGrid([1, 2, 3])))
 
     def reply(message, value: float, audio: int, visual: int) -> Message:
-        arrays = ArrayRecord({k: Array(np.full(2, value, dtype=np.float32)) for k in zero if k.startswith("generator.")})
+        arrays = ArrayRecord({k: Array(np.full(2, value, dtype=np.float32))
+                              for k in zero if k.startswith("generator.")})
         metrics = MetricRecord({"num-examples": 10, "examples-text": 10, "examples-audio": audio,
                                 "examples-visual": visual})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=message)

@@ -65,7 +65,8 @@ CASES = {
     "missing-modalities": ({"missing_client_audio": 1.0, "missing_modality_rate": 0.3},
                            [("align", G, WITHOUT_DP_ALIGN | PRESENCE), ("msa", G + M, WITHOUT_DP_MSA | PRESENCE)]),
     "missing-modalities-utterance-dp": ({"missing_client_audio": 1.0, "missing_rate": 0.3, "dp_unit": "utterance"},
-                                        [("align", G, UTTERANCE_DP | PRESENCE), ("msa", G + M, UTTERANCE_DP | PRESENCE)]),
+                                        [("align", G, UTTERANCE_DP | PRESENCE),
+                                         ("msa", G + M, UTTERANCE_DP | PRESENCE)]),
     "missing-modalities-fedavg-multimodal-speaker-dp": (
         {"method": "fedavg-multimodal", "msa_model": "fsrf", "missing_modality_rate": 0.5, "dp_unit": "speaker"},
         [("multimodal", M, SPEAKER_DP | PRESENCE)]),

@@ -18,8 +18,9 @@ Three kinds, each a run-config field (hydiscgan_fl.config), all combinable:
 What is missing is *masked*: :meth:`Missingness.presence` gives a per-utterance per-modality presence mask
 (N, 3) in the order text, audio, visual, which travels with the tensors (training.data.UtteranceTensors);
 the audio/visual values behind a False are zeroed (and sequences get no valid step) for tidiness only, and
-models that read missing data must honour the mask (the registry's ``reads_presence``). **Text** is the shareable modality: a pattern without t masks
-the text of models that read the real modalities (the multimodal methods); what is built from text alone
+models that read missing data must honour the mask (the registry's ``reads_presence``). **Text** is the
+shareable modality: a pattern without t masks the text of models that read the real modalities (the
+multimodal methods); what is built from text alone
 (HyDiscGAN's G and M(t, G(t)), the text-only baselines, the server's text-only evaluation) keeps it, since
 the server holds every text.
 

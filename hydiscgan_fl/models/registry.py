@@ -185,7 +185,8 @@ def generator_heads(cfg: HyDiscGANConfig) -> dict[str, str] | None:
     global arrays ('generator.audio_head.'), for the strategy to aggregate G part by part; else None."""
     if not (cfg.simulates_missing and cfg.method == "hydiscgan"):
         return None
-    return {modality: f"{GENERATOR}.{prefix}" for modality, prefix in GENERATORS.get(cfg.generator_model).modality_heads.items()}
+    heads = GENERATORS.get(cfg.generator_model).modality_heads
+    return {modality: f"{GENERATOR}.{prefix}" for modality, prefix in heads.items()}
 
 
 def build_generator(dims: Dims, cfg: HyDiscGANConfig) -> nn.Module:
