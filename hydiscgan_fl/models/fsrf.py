@@ -71,13 +71,13 @@ def orthogonality(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class FSRFWeights:
     """The loss weights (run-config fsrf-lambda-*) and the views' drop probability (fsrf-view-drop)."""
 
-    sim: float = 1.0
-    orth: float = 0.3
-    recon: float = 1.0
-    noise: float = 0.3
-    distill: float = 1.0
-    distribution: float = 0.1
-    view_drop: float = 0.3
+    sim: float
+    orth: float
+    recon: float
+    noise: float
+    distill: float
+    distribution: float
+    view_drop: float
 
     @classmethod
     def of(cls, cfg: HyDiscGANConfig) -> FSRFWeights:
@@ -123,7 +123,7 @@ class FSRF(nn.Module):
     `present` (N, 3) bool says which of text, audio, visual each utterance holds (None: all). Training
     goes through `training_losses` (the registry's hook for a family's own loss terms)."""
 
-    def __init__(self, dims: dict[str, int], width: int, dropout: float, weights: FSRFWeights = FSRFWeights(),
+    def __init__(self, dims: dict[str, int], width: int, dropout: float, weights: FSRFWeights,
                  factorise: bool = True, distill: bool = True):
         super().__init__()
         self.weights, self.factorise, self.distill = weights, factorise, distill
