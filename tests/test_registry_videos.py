@@ -47,7 +47,8 @@ def test_a_model_by_import_path():
 
 
 @pytest.mark.parametrize("name, message", [
-    ("nope", r"unknown msa-model 'nope'; use one of \['cfn-sr', 'cfn-sr-nores', 'context-gru', 'lmr-cbt', 'lmr-cbt-nocross', 'mlp'\]"),
+    ("nope", r"unknown msa-model 'nope'; use one of \['cfn-sr', 'cfn-sr-nores', 'context-gru', 'fsrf', "
+             r"'fsrf-dropout', 'fsrf-nodistill', 'fsrf-nofact', 'lmr-cbt', 'lmr-cbt-nocross', 'mlp'\]"),
     ("examples.my_model:Nope", r"msa-model 'examples.my_model:Nope' cannot be imported"),
     ("examples.my_model:LinearFusion", r"msa-model 'examples.my_model:LinearFusion' is a type, not a .*MSAFamily"),
 ])
