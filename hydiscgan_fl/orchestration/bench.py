@@ -72,7 +72,7 @@ ABLATIONS = {"hydiscgan-no-adv": {"lambda-adv": 0.0},
 INFERENCES = {"hydiscgan-mean-pred": {"inference": "mean-pred:10"},
               "hydiscgan-mean-fake": {"inference": "mean-fake:10"}}
 METHODS = ("text-only", "hydiscgan", *ABLATIONS, *INFERENCES, "hydiscgan-server-msa", "hydiscgan-float16",
-           "hydiscgan-server-msa-float16",
+           "hydiscgan-server-msa-float16", "hydiscgan-server-msa-zero-fakes",
            "hydiscgan-secaggplus", "hydiscgan-central", "distill", "multitask", "fedavg-multimodal",
            "central-multimodal")
 # What a bench without --methods runs: HyDiscGAN against its baselines; ablations and variants on request.
@@ -84,6 +84,9 @@ FEDERATED_VARIANTS = {"hydiscgan": {"method": "hydiscgan"},
                       # The cheapest recipe for a client: stage 1 only, sent in half precision.
                       "hydiscgan-server-msa-float16": {"method": "hydiscgan", "msa-site": "server",
                                                        "transport-dtype": "float16"},
+                      # Does the server-side stage gain through G's fakes? The same schedule with M fed zeros.
+                      "hydiscgan-server-msa-zero-fakes": {"method": "hydiscgan", "msa-site": "server",
+                                                          "ablation": "zero-fakes"},
                       "hydiscgan-secaggplus": {"method": "hydiscgan", "secure-aggregation": "secaggplus"},
                       "distill": {"method": "distill"},
                       "multitask": {"method": "multitask"},
