@@ -40,7 +40,7 @@ import numpy as np
 
 __all__ = ["MODALITIES", "PATTERNS", "Missingness"]
 
-MODALITIES = ("text", "audio", "visual")
+MODALITIES = ("text", "audio", "visual")  # also the column order of every presence mask
 #: The six proper non-empty subsets of {t, a, v} as presence rows (text, audio, visual).
 PATTERNS = np.array([row for row in itertools.product((True, False), repeat=3) if any(row) and not all(row)])
 # Streams apart from each other and from misalignment's draws (data.misalign seeds with (seed, id, modality)).

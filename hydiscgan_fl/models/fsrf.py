@@ -38,10 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hydiscgan_fl.config import HyDiscGANConfig
+from hydiscgan_fl.data.missing import MODALITIES
 from hydiscgan_fl.models.steps import Input, lay_out, masked_mean
 from hydiscgan_fl.models.video_layout import VideoLayout
-
-MODALITIES = ("text", "audio", "visual")
 
 
 def central_moment_discrepancy(x: torch.Tensor, y: torch.Tensor, moments: int = 5) -> torch.Tensor:

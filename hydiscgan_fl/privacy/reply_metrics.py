@@ -41,7 +41,7 @@ PRESENCE_KEYS = {"text": "examples-text", "audio": "examples-audio", "visual": "
 
 #: (stage, dp-unit) -> the metric keys a reply may carry. A pair not listed is a configuration that
 #: cannot run (the single-stage baselines have no utterance-level DP).
-ALLOWED_REPLY_METRICS: dict[tuple[str, str], frozenset[str]] = {
+_SENTIMENT_REPLY_METRICS: dict[tuple[str, str], frozenset[str]] = {
     ("align", "none"): frozenset({WEIGHT_KEY, TIMING_KEY}),
     ("align", "speaker"): frozenset({WEIGHT_KEY}),
     ("align", "utterance"): frozenset({WEIGHT_KEY}) | EPSILON_KEYS,
@@ -55,11 +55,12 @@ ALLOWED_REPLY_METRICS: dict[tuple[str, str], frozenset[str]] = {
     ("multitask", "none"): frozenset({WEIGHT_KEY, TIMING_KEY}),
     ("multitask", "speaker"): frozenset({WEIGHT_KEY}),
 }
-ALLOWED_REPLY_METRICS = {pair: keys | frozenset(PRESENCE_KEYS.values()) for pair, keys in ALLOWED_REPLY_METRICS.items()}
-ALLOWED_REPLY_METRICS.update({
+ALLOWED_REPLY_METRICS: dict[tuple[str, str], frozenset[str]] = {
+    # every sentiment stage also admits the modality counts (sent only with simulated missing modalities)
+    **{pair: keys | frozenset(PRESENCE_KEYS.values()) for pair, keys in _SENTIMENT_REPLY_METRICS.items()},
     ("affect", "none"): frozenset({WEIGHT_KEY, TIMING_KEY}),
     ("affect", "speaker"): frozenset({WEIGHT_KEY}),
-})
+}
 
 _log = logging.getLogger("hydiscgan_fl.client")
 

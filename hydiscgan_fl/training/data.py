@@ -13,14 +13,13 @@ import torch
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.data import MultimodalDataset, standardize_per_speaker
 from hydiscgan_fl.data.misalign import Misalignment
-from hydiscgan_fl.data.missing import Missingness
+from hydiscgan_fl.data.missing import MODALITIES, Missingness
 from hydiscgan_fl.data.sequences import masked_mean
 from hydiscgan_fl.models.registry import msa_family, presence_input
 from hydiscgan_fl.models.steps import Input, StepTensors
 
 # (N, T, D) sequences and their valid lengths (N,) -> (N, D) utterance vectors: an MSA family's pooling.
 Pool = Callable[[np.ndarray, np.ndarray], np.ndarray]
-MODALITIES = ("text", "audio", "visual")
 
 
 @dataclass(frozen=True)
@@ -86,6 +85,10 @@ class UtteranceTensors:
 
     def msa_inputs(self) -> tuple[Input, Input, Input]:
         return self.msa_input("text"), self.msa_input("audio"), self.msa_input("visual")
+
+    def holds(self, name: str) -> torch.Tensor:
+        """(N,) bool: which utterances hold modality `name` (needs `present`)."""
+        return self.present[:, MODALITIES.index(name)]
 
     def read_by(self, msa: torch.nn.Module, layout=None) -> torch.Tensor:  # noqa: ANN001 - a VideoLayout
         """M(t, a, v) on these real modalities, with the presence mask when some modality is missing."""

@@ -131,7 +131,7 @@ def client_modalities(data: UtteranceTensors) -> tuple[str, ...]:
     """The private modalities (audio, visual) that at least one of the client's utterances holds."""
     if data.present is None:
         return ("audio", "visual")
-    return tuple(name for column, name in ((1, "audio"), (2, "visual")) if bool(data.present[:, column].any()))
+    return tuple(name for name in ("audio", "visual") if bool(data.holds(name).any()))
 
 
 def _record(history: dict[str, list[float]], step: dict[str, float]) -> None:

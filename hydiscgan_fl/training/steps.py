@@ -35,8 +35,8 @@ def held_modalities(batch: UtteranceTensors, cfg: HyDiscGANConfig) -> dict[str, 
     if batch.present is None:
         return {"audio": None, "visual": None}
     held = {}
-    for column, name in ((1, "audio"), (2, "visual")):
-        weights = batch.present[:, column].to(batch.audio.dtype)
+    for name in ("audio", "visual"):
+        weights = batch.holds(name).to(batch.audio.dtype)
         if cfg.dp_unit == "utterance" or bool(weights.any()):
             held[name] = weights
     return held
