@@ -116,7 +116,8 @@ def generator_parts(keys: Iterable[str], heads: Mapping[str, str]) -> dict[str, 
 
 def part_claim(metrics: Mapping[str, Any], part: str) -> int:
     """The examples a client says trained a part of G in stage 1: its utterances holding the part's modality
-    (examples-audio / examples-visual), or holding either, counted per modality, for the "shared" part."""
+    (examples-audio / examples-visual), or holding either, counted per modality, for the "shared" part. Under
+    DP those counts stay on the client (privacy.reply_metrics): every part then weighs num-examples."""
     audio, visual = (int(metrics.get(PRESENCE_KEYS[m], metrics[WEIGHT_KEY])) for m in ("audio", "visual"))
     return {"audio": audio, "visual": visual}.get(part, audio + visual)
 

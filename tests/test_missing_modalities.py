@@ -216,10 +216,12 @@ def test_stage_2_asks_only_the_discriminators_of_modalities_the_client_holds() -
     assert len(asked) == 2
 
 
-def test_modality_counts_may_leave_a_client_and_are_summed_not_averaged() -> None:
+def test_modality_counts_leave_a_client_only_without_dp_and_are_summed_not_averaged() -> None:
     for stage in ("align", "msa", "multimodal"):
-        for dp_unit in ("none", "speaker"):
-            assert set(PRESENCE_KEYS.values()) <= allowed_reply_metrics(stage, dp_unit)
+        assert set(PRESENCE_KEYS.values()) <= allowed_reply_metrics(stage, "none")
+        assert allowed_reply_metrics(stage, "speaker").isdisjoint(PRESENCE_KEYS.values())  # no mechanism covers them
+    for stage in ("align", "msa"):
+        assert allowed_reply_metrics(stage, "utterance").isdisjoint(PRESENCE_KEYS.values())
     assert allowed_reply_metrics("affect", "none").isdisjoint(PRESENCE_KEYS.values())
     summary = RoundSummary(1, "multimodal", 0.0, clients=[
         ClientRound(1, "multimodal", 1, "ok", 10, examples_text=5, examples_audio=0, examples_visual=4),

@@ -21,8 +21,9 @@ only if a DP mechanism covers it. Arrays are governed separately (exactly the co
   (private on the device): never.
 * `examples-text`, `examples-audio`, `examples-visual` (only in runs that simulate missing modalities,
   hydiscgan_fl.data.missing): how many of the client's training utterances hold each modality. Metadata like
-  `num-examples` (that a camera or microphone was off), not computed from any feature value; every stage of
-  the sentiment task admits them, under either DP unit, as it admits `num-examples`.
+  `num-examples` (that a camera or microphone was off), not computed from any feature value. Unlike
+  `num-examples`, the server cannot know them from the texts it holds, and no DP mechanism covers them: they
+  leave only without DP (they weigh G's parts in part-wise aggregation, which DP runs refuse anyway).
 * `train-s` (the client's training time) is not computed from private values, but it grows with the
   number of utterances actually sampled: under utterance-level DP that reveals the size of the secret
   Poisson batches, and under either DP unit it is a side channel no mechanism covers. It leaves only
@@ -56,8 +57,10 @@ _SENTIMENT_REPLY_METRICS: dict[tuple[str, str], frozenset[str]] = {
     ("multitask", "speaker"): frozenset({WEIGHT_KEY}),
 }
 ALLOWED_REPLY_METRICS: dict[tuple[str, str], frozenset[str]] = {
-    # every sentiment stage also admits the modality counts (sent only with simulated missing modalities)
-    **{pair: keys | frozenset(PRESENCE_KEYS.values()) for pair, keys in _SENTIMENT_REPLY_METRICS.items()},
+    # without DP every sentiment stage also admits the modality counts (sent only with simulated missing
+    # modalities); under DP no mechanism covers them
+    **{(stage, unit): keys | frozenset(PRESENCE_KEYS.values()) if unit == "none" else keys
+       for (stage, unit), keys in _SENTIMENT_REPLY_METRICS.items()},
     ("affect", "none"): frozenset({WEIGHT_KEY, TIMING_KEY}),
     ("affect", "speaker"): frozenset({WEIGHT_KEY}),
 }
