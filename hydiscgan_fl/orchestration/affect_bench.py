@@ -31,10 +31,10 @@ import pandas as pd
 
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.data.affect import AffectWindows
-from hydiscgan_fl.metrics import mean_interval, paired_difference
+from hydiscgan_fl.metrics import paired_difference
 from hydiscgan_fl.orchestration.bench_process import machine
 from hydiscgan_fl.orchestration.flwr_runner import LocalFederation
-from hydiscgan_fl.orchestration.result_table import append_row, read_rows
+from hydiscgan_fl.orchestration.result_table import append_row, difference_cell, interval_cell, read_rows
 from hydiscgan_fl.privacy.attacks import speaker_attack
 from hydiscgan_fl.training import pick_device
 from hydiscgan_fl.training.affect import run_affect_central
@@ -159,7 +159,7 @@ def write_affect_report(out: Path, attack: dict[str, dict[str, Any]]) -> str:
             rows = table[(table["model"] == model) & (table["method"] == method)]
             if len(rows):
                 lines.append(f"| {model} | {method} | {len(rows)} | "
-                             + " | ".join(_interval(rows[c]) for c in ("ccc_valence", "ccc_arousal", "ccc_mean"))
+                             + " | ".join(interval_cell(rows[c].tolist()) for c in ("ccc_valence", "ccc_arousal", "ccc_mean"))
                              + f" | {rows['wall_s'].mean():.0f} |")
     lines += ["", "Paired by seed, federated - central [95% interval]:", "",
               "| model | CCC valence | CCC arousal | CCC mean | seeds |", "|---|---|---|---|---|"]
@@ -167,7 +167,7 @@ def write_affect_report(out: Path, attack: dict[str, dict[str, Any]]) -> str:
         diffs = [paired_difference(*(_by_seed(table, model, method, column) for method in ("federated", "central")))
                  for column in ("ccc_valence", "ccc_arousal", "ccc_mean")]
         if diffs[0]["n"]:
-            lines.append(f"| {model} | " + " | ".join(_difference(d) for d in diffs) + f" | {diffs[0]['n']} |")
+            lines.append(f"| {model} | " + " | ".join(difference_cell(d) for d in diffs) + f" | {diffs[0]['n']} |")
     lines += ["", "Identity attack (participant identification from one window; seed 0):", "",
               "| what the attacker sees | accuracy | chance |", "|---|---|---|"]
     for name, result in attack.items():
@@ -180,19 +180,6 @@ def write_affect_report(out: Path, attack: dict[str, dict[str, Any]]) -> str:
 def _by_seed(table: pd.DataFrame, model: str, method: str, column: str) -> dict[int, float]:
     rows = table[(table["model"] == model) & (table["method"] == method)]
     return dict(zip(rows["seed"].astype(int), rows[column].astype(float)))
-
-
-def _difference(diff: dict[str, Any]) -> str:
-    if diff["n"] < 2:
-        return f"{diff['mean']:+.3f}"
-    return f"{diff['mean']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
-
-
-def _interval(values: pd.Series) -> str:
-    s = mean_interval(values.tolist())
-    if s["n"] < 2:
-        return f"{s['mean']:.3f}"
-    return f"{s['mean']:.3f} ± {s['std']:.3f} [{s['low']:.3f}, {s['high']:.3f}]"
 
 
 # The run-config keys that shape an affect run (bench.json keeps all of them, for resume).

@@ -52,7 +52,8 @@ from hydiscgan_fl.models import AFFECT_MODELS, MSA_MODELS, build_shared_models, 
 from hydiscgan_fl.orchestration.affect_bench import affect_config, run_affect_bench
 from hydiscgan_fl.orchestration.bench_process import benchmark_process, machine
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
-from hydiscgan_fl.orchestration.result_table import append_row, read_rows
+from hydiscgan_fl.orchestration.missing_bench import parse_rates, run_missing_bench
+from hydiscgan_fl.orchestration.result_table import append_row, pyplot, read_rows
 from hydiscgan_fl.orchestration.schedule import SCHEDULE_KEYS, add_schedule_arguments, schedule_overrides
 from hydiscgan_fl.privacy.attacks import speaker_attack
 from hydiscgan_fl.training import UtteranceTensors, pick_device, tensor_view, to_tensors
@@ -138,6 +139,10 @@ def register(subparsers) -> None:
                         help="run-config misalign-rate: share of audio/visual steps dropped (default: %(default)s)")
     parser.add_argument("--misalign-shift", type=int, default=0,
                         help="run-config misalign-shift: largest roll of audio/visual steps (default: %(default)s)")
+    parser.add_argument("--missing", type=_missing_rates, default=None, metavar="RATES",
+                        help="run the missing-modality grid instead (hydiscgan_fl.orchestration.missing_bench): "
+                             "comma-separated missing rates, e.g. 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7; --msa-models' first "
+                             "model is that of hydiscgan-central and text-only")
     parser.set_defaults(handler=run)
 
 
@@ -147,6 +152,13 @@ def _method_list(text: str) -> tuple[str, ...]:
     if unknown or not methods:
         raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {','.join(METHODS)}")
     return methods
+
+
+def _missing_rates(text: str) -> tuple[float, ...]:
+    try:
+        return parse_rates(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _affect_model_list(text: str) -> tuple[str, ...]:
@@ -175,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     if args.task == "affect":
         return run_affect(args, out)
+    if args.missing is not None:
+        return run_missing(args, out)
     try:
         base = _base_config(args)
         if base.dataset.startswith("partitions:"):
@@ -245,6 +259,22 @@ def run_affect(args: argparse.Namespace, out: Path) -> int:
     print(f"results in {out} ({time.time() - started:.0f} s)")
     return 0
 
+
+
+def run_missing(args: argparse.Namespace, out: Path) -> int:
+    started = time.time()
+    try:
+        base = _base_config(args)
+        if args.seeds < 1:
+            raise ConfigError("--seeds must be >= 1")
+        with benchmark_process():
+            report = run_missing_bench(base, args.missing, args.msa_models[0], args.seeds, out)
+    except (ConfigError, DataError, ValueError) as err:
+        print(f"hydiscgan bench: error: {err}", file=sys.stderr)
+        return 2
+    print(report)
+    print(f"results in {out} ({time.time() - started:.0f} s)")
+    return 0
 
 
 def _base_config(args: argparse.Namespace) -> HyDiscGANConfig:
@@ -530,14 +560,6 @@ def _mean_std(values: pd.Series, column: str) -> str:
     return f"{mean:.4f} ± {std:.4f}{interval}"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
 
 def _label(method: str, model: str, table: pd.DataFrame) -> str:
     return method if table["model"].nunique() == 1 else f"{method} ({model})"
@@ -545,7 +567,7 @@ def _label(method: str, model: str, table: pd.DataFrame) -> str:
 
 def plot_metrics(table: pd.DataFrame, pairs: list[tuple[str, str]], target: Path) -> None:
     """Mean with error bars (std over seeds) per method and model, one panel per metric; seeds as small dots."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = [c for c in ("acc2", "f1", "mae", "corr", "acc7", "speaker_attack_acc") if table[c].notna().any()]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
     for ax, column in zip(axes[0], panels, strict=True):
@@ -579,7 +601,7 @@ def round_curves(out: Path, method: str, model: str, seeds: list[int]) -> pd.Dat
 def plot_rounds(table: pd.DataFrame, out: Path, settings: dict[str, Any], target: Path) -> None:
     """Test acc2 per round of the federated methods (mean ± std over seeds); central methods' validation-selected
     acc2 dashed."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for number, (method, model) in enumerate(groups(table)):
         rows, color, label = rows_of(table, method, model), f"C{number % 10}", _label(method, model, table)

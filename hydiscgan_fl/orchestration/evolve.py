@@ -46,6 +46,7 @@ from hydiscgan_fl.evolution.judges import FinishedRun, RealismJudge, real_refere
 from hydiscgan_fl.evolution.search import SEARCHES, SearchSpace
 from hydiscgan_fl.evolution.study import FIGURES, compare_searches, no_search_reference, outcome, summarise
 from hydiscgan_fl.models import ClientDiscriminators
+from hydiscgan_fl.orchestration.result_table import pyplot
 
 SPLITS = ("valid", "test", "train")
 
@@ -243,17 +244,9 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
 
 def _plot_generations(result, path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     best, mean = np.stack(result.best), np.stack(result.mean)  # [generations, T]
     generations = np.arange(len(best))
     figure, axis = plt.subplots(figsize=(6, 4))
@@ -268,7 +261,7 @@ def _plot_generations(result, path: Path, title: str) -> None:
 
 
 def _plot_curves(curves: dict[str, np.ndarray], path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     for method, curve in curves.items():
         if method != "evaluations":

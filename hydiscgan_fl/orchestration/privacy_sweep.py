@@ -47,7 +47,7 @@ from hydiscgan_fl.data import DataError
 from hydiscgan_fl.metrics import SELECTION_METRIC, mean_interval
 from hydiscgan_fl.models import build_shared_models
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
-from hydiscgan_fl.orchestration.result_table import append_row, read_rows
+from hydiscgan_fl.orchestration.result_table import append_row, pyplot, read_rows
 from hydiscgan_fl.orchestration.schedule import SCHEDULE_KEYS, add_schedule_arguments, schedule_overrides
 from hydiscgan_fl.orchestration.update_replay import UPDATE_ATTACK_COLUMNS, update_attack_row
 from hydiscgan_fl.privacy.attacks import generator_membership_attack, speaker_attack
@@ -278,11 +278,7 @@ def release_attacks(generator: torch.nn.Module, cfg: HyDiscGANConfig) -> dict[st
 def plot(rows: list[dict[str, str]], target: Path) -> None:
     """Utility (acc2) against epsilon (RDP) and against the speaker attack's accuracy, one series per unit
     and adv-lambda. Runs without DP have no finite epsilon: dashed lines in the first panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
     series: dict[tuple[str, float], list[dict[str, float]]] = {}
     for row in rows:

@@ -1,4 +1,5 @@
-"""Append-only CSV tables of sweeps (bench, privacy, byzantine): one row per finished point.
+"""Append-only CSV tables of sweeps (bench, privacy, byzantine): one row per finished point; and what their
+reports share (interval cells, matplotlib without a display).
 
 Each row is written as soon as its point is done, so an interrupted sweep keeps every finished row and
 a rerun into the same folder skips them.
@@ -11,6 +12,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from hydiscgan_fl.metrics import mean_interval
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -36,3 +39,30 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.6g}"
     return str(value)
+
+
+def interval_cell(values: Sequence[float], digits: int = 3) -> str:
+    """mean ± std [95% interval] of the non-NaN values (the mean alone for one value, blank for none)."""
+    s = mean_interval([float(v) for v in values])
+    if s["n"] == 0:
+        return ""
+    if s["n"] < 2:
+        return f"{s['mean']:.{digits}f}"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} [{s['low']:.{digits}f}, {s['high']:.{digits}f}]"
+
+
+def difference_cell(diff: dict[str, Any], digits: int = 3) -> str:
+    """A paired difference (metrics.paired_difference): mean [95% interval]."""
+    if diff["n"] < 2:
+        return f"{diff['mean']:+.{digits}f}"
+    return f"{diff['mean']:+.{digits}f} [{diff['low']:+.{digits}f}, {diff['high']:+.{digits}f}]"
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display on a benchmark machine)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

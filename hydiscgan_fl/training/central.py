@@ -18,7 +18,7 @@ or round, and reports the test metrics of the step that is best on validation.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,8 +74,11 @@ def generated_features(generator: ConditionalGenerator, text: torch.Tensor) -> n
     return torch.cat([fake_audio, fake_visual], dim=1).cpu().numpy()
 
 
-def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = None) -> CentralResult:
-    """Train and test one central method on cfg.dataset with seed cfg.seed."""
+def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = None,
+                test_subsets: Mapping[str, tuple[str, ...]] | None = None) -> CentralResult:
+    """Train and test one central method on cfg.dataset with seed cfg.seed. `test_subsets` (name ->
+    modalities) also tests each step with only those modalities present (`UtteranceTensors.only`), as metrics
+    `<metric>@<name>`; a method that predicts from text alone scores NaN where the subset has no text."""
     if method not in CENTRAL_METHODS:
         raise ValueError(f"unknown central method {method!r}; use one of {list(CENTRAL_METHODS)}")
     dataset = cfg.load_dataset()
@@ -94,7 +97,12 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
 
     def report(unit: str, done: int, total: int, predict_on: Predict) -> bool:
         """Evaluate one step; True when it is the best on validation so far."""
-        test_metrics = summary_metrics(predict_on(test, test_layout), test.labels.cpu().numpy(), label_kind)
+        labels = test.labels.cpu().numpy()
+        test_metrics = summary_metrics(predict_on(test, test_layout), labels, label_kind)
+        for name, modalities in (test_subsets or {}).items():
+            subset = summary_metrics(predict_on(test.only(modalities), test_layout), labels, label_kind) \
+                if method == "central-multimodal" or "text" in modalities else dict.fromkeys(test_metrics, np.nan)
+            test_metrics.update({f"{metric}@{name}": value for metric, value in subset.items()})
         if progress is not None:
             progress(unit, done, total, test_metrics)
         valid_metrics = summary_metrics(predict_on(valid, valid_layout), valid.labels.cpu().numpy(), label_kind)

@@ -4,7 +4,7 @@ presence mask), minibatch order."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,6 +89,24 @@ class UtteranceTensors:
     def holds(self, name: str) -> torch.Tensor:
         """(N,) bool: which utterances hold modality `name` (needs `present`)."""
         return self.present[:, MODALITIES.index(name)]
+
+    def only(self, names: Iterable[str]) -> UtteranceTensors:
+        """These utterances as if only the modalities `names` were present (a test-time modality subset): the
+        others are marked missing in the presence mask and their audio/visual values zeroed, with no valid
+        step. Text stays in the tensors like any missing text (data.missing): what reads text alone keeps it."""
+        kept = set(names)
+        if unknown := kept - set(MODALITIES):
+            raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {list(MODALITIES)}")
+        dropped = {name for name in MODALITIES[1:] if name not in kept}
+        device = self.text.device
+        present = torch.ones(len(self), len(MODALITIES), dtype=torch.bool, device=device) if self.present is None \
+            else self.present
+        present = present & torch.tensor([name in kept for name in MODALITIES], device=device)
+        steps = {name: StepTensors(torch.zeros_like(s.values), torch.zeros_like(s.lengths)) if name in dropped else s
+                 for name, s in self.steps.items()}
+        vectors = [torch.zeros_like(getattr(self, name)) if name in dropped else getattr(self, name)
+                   for name in MODALITIES]
+        return UtteranceTensors(*vectors, self.labels, steps, present)
 
     def read_by(self, msa: torch.nn.Module, layout=None) -> torch.Tensor:  # noqa: ANN001 - a VideoLayout
         """M(t, a, v) on these real modalities, with the presence mask when some modality is missing."""
