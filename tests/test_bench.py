@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from clients import handlers
 from hydiscgan_fl.config import HyDiscGANConfig
-from hydiscgan_fl.orchestration import bench, cli
+from hydiscgan_fl.orchestration import bench, cli, missing_bench
 from hydiscgan_fl.server_run import ServerRun
 from strategies import HyDiscGANStrategy
 from tests.grids import StaticGrid
@@ -230,3 +230,40 @@ def test_round_progress_reads_the_server_stage(capsys):
                  "INFO :      round 3 (server-msa) recorded: valid_acc2=0.5000, acc2=0.7000;"]:
         progress(line)
     assert capsys.readouterr().out == "[hydiscgan-server-msa seed 0] round 3/4 (server-msa) test acc2=0.7000\n"
+
+
+def test_the_missing_modality_grid_tests_every_subset_and_resumes(tmp_path, monkeypatch, capsys):
+    """`bench --missing`: a row per rate, method, seed and test-time subset; text-alone methods score nothing
+    without text and the same on every subset with it; fsrf changes with the subset; a rerun trains nothing;
+    the report and the plot are written; one folder holds one setting."""
+    out = tmp_path / "grid"
+    argv = ["bench", "--dataset", "synthetic-seq", "--missing", "0,0.5", "--seeds", "1", "--out", str(out), *TINY]
+    assert cli.main(argv) == 0
+    table = pd.read_csv(out / "summary.csv")
+    assert list(table.columns) == list(missing_bench.COLUMNS)
+    assert len(table) == 2 * len(missing_bench.METHODS) * 7
+    assert set(table["subset"]) == {"tav", "ta", "tv", "av", "t", "a", "v"}
+    text_alone = table[table["method"].isin(["text-only", "hydiscgan-central"])]
+    assert text_alone[~text_alone["subset"].str.contains("t")]["acc2"].isna().all()
+    for _, group in text_alone[text_alone["subset"].str.contains("t")].groupby(["method", "missing_rate"]):
+        assert group["acc2"].nunique() == 1
+    fsrf = table[table["method"] == "fsrf"]
+    assert fsrf["acc2"].notna().all() and fsrf["model"].eq("fsrf").all()
+    assert (fsrf[fsrf["subset"] == "t"]["acc2"].to_numpy() != fsrf[fsrf["subset"] == "tav"]["acc2"].to_numpy()).any()
+    report = (out / "summary.md").read_text()
+    assert "| fsrf − fsrf-dropout |" in report and (out / "missing.png").stat().st_size > 0
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished point was trained again")
+
+    monkeypatch.setattr(missing_bench, "run_central", no_training)
+    assert cli.main(argv) == 0
+    assert len(pd.read_csv(out / "summary.csv")) == len(table)
+    assert cli.main([*argv[:-len(TINY) - 2], "--out", str(out), "--msa-models", "context-gru",
+                     *TINY[2:]]) == 2  # another model in the same folder
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_missing_rates_are_checked():
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--missing", "0,1.2"])

@@ -19,6 +19,7 @@ from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import load_dataset
 from hydiscgan_fl.data.missing import PATTERNS, Missingness
 from hydiscgan_fl.models import build_client_discriminators, build_shared_models
+from hydiscgan_fl.orchestration.flwr_runner import LocalFederation
 from hydiscgan_fl.privacy.reply_metrics import PRESENCE_KEYS, allowed_reply_metrics
 from hydiscgan_fl.training import local_alignment, msa_step, tensor_view, to_tensors, train_multimodal
 from hydiscgan_fl.training.loops import client_modalities
@@ -113,6 +114,24 @@ def test_tensors_carry_the_mask_zero_what_is_missing_and_agree_on_every_subset()
     # the text is shareable: kept where the mask says missing (models that read the mask ignore it there)
     torch.testing.assert_close(data.text, plain.text)
     torch.testing.assert_close(data.steps["text"].values, plain.steps["text"].values)
+
+
+def test_a_test_time_subset_masks_and_blanks_only_the_modalities_left_out() -> None:
+    cfg = _fsrf_cfg(missing_rate=0.3)
+    data = to_tensors(load_dataset("synthetic-seq", None, 0).split_subset("test"), torch.device("cpu"),
+                      tensor_view(cfg))
+    only_visual = data.only(["visual"])
+    assert not only_visual.present[:, :2].any()
+    torch.testing.assert_close(only_visual.present[:, 2], data.present[:, 2])  # r's draws still hold
+    assert not only_visual.audio.any() and (only_visual.steps["audio"].lengths == 0).all()
+    torch.testing.assert_close(only_visual.visual, data.visual)
+    torch.testing.assert_close(only_visual.steps["visual"].lengths, data.steps["visual"].lengths)
+    torch.testing.assert_close(only_visual.text, data.text)  # shareable: kept, masked
+    every = to_tensors(load_dataset("synthetic-seq", None, 0).split_subset("test"), torch.device("cpu"),
+                       tensor_view(_fsrf_cfg())).only(["text", "audio", "visual"])
+    assert every.present.all()  # no missingness: a full mask where there was none
+    with pytest.raises(ValueError, match="unknown modalities"):
+        data.only(["video"])
 
 
 def test_a_client_missing_a_modality_holds_none_of_it() -> None:
@@ -276,18 +295,52 @@ def test_hydiscgan_with_missing_modalities_needs_a_part_weighted_mean(overrides,
     HyDiscGANConfig(missing_client_audio=0.5, rounds_align=0, **overrides)  # no stage 1: nothing to weigh
 
 
-def test_a_federated_hydiscgan_run_with_clients_missing_modalities(tmp_path) -> None:
-    """Both stages through the ServerApp and ClientApps, 3 clients of which (seed 0) one holds neither audio
-    nor visual and sits stage 1 out; every round completes and metrics.csv sums the clients' counts."""
-    run = run_in_process({"dataset": "synthetic", "rounds-align": 1, "rounds-msa": 1, "local-epochs": 1,
-                          "batch-size": 64, "hidden-dim": 16, "msa-model": "mlp", "missing-client-audio": 0.5,
-                          "missing-client-visual": 0.5, "missing-modality-rate": 0.2, "output-dir": str(tmp_path)},
-                         num_nodes=3)
-    rounds = list(csv.DictReader((run.run_dir / "metrics.csv").open()))
-    assert [(r["stage"], int(r["replies_ok"])) for r in rounds] == [("align", 3), ("msa", 3)]
-    clients = list(csv.DictReader((run.run_dir / "clients.csv").open()))
+# One per kind of missingness (data.missing), and the multimodal baseline whose M reads the real modalities.
+PATTERN_RUNS = {
+    # on utterance vectors, where the rate takes whole utterances' audio/visual (on sequences, frames)
+    "within-modality": {"dataset": "synthetic", "missing-rate": 0.4},
+    "per-utterance": {"missing-modality-rate": 0.5},
+    "per-client": {"missing-client-audio": 0.5, "missing-client-visual": 0.5},
+    "fedavg-multimodal-fsrf": {"method": "fedavg-multimodal", "msa-model": "fsrf", "missing-rate": 0.3,
+                               "missing-modality-rate": 0.3, "missing-client-audio": 0.5},
+}
+
+
+@pytest.mark.parametrize("pattern", list(PATTERN_RUNS))
+def test_a_federated_run_with_each_missingness_pattern(tmp_path, pattern) -> None:
+    """Both stages through the ServerApp and ClientApps on 3 clients; every round completes with every reply,
+    metrics.csv sums the clients' counts, and the counts show the pattern."""
+    run = run_in_process({"dataset": "synthetic-seq", "rounds-align": 1, "rounds-msa": 1, "local-epochs": 1,
+                          "batch-size": 64, "hidden-dim": 16, "msa-model": "mlp", **PATTERN_RUNS[pattern],
+                          "output-dir": str(tmp_path)}, num_nodes=3)
+    _check_missing_run(run.run_dir, fedavg="method" in PATTERN_RUNS[pattern])
+    clients = [c for c in csv.DictReader((run.run_dir / "clients.csv").open()) if c["stage"] != "align"]
+    counts = {(int(c["examples_audio"]), int(c["examples_visual"]), int(c["num_examples"])) for c in clients}
+    if pattern == "per-client":  # seed 0: one of the 3 clients holds neither audio nor visual, another both
+        assert any(a == v == 0 for a, v, _ in counts) and any(a == v == n for a, v, n in counts)
+    else:  # some utterances of every client miss audio or visual (or the client holds no audio at all)
+        assert all(0 <= a < n and 0 < v < n for a, v, n in counts)
+        assert (pattern == "fedavg-multimodal-fsrf") == any(a == 0 for a, _, _ in counts)
+
+
+def _check_missing_run(run_dir, fedavg: bool) -> None:  # noqa: ANN001 - a Path
+    rounds = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    stages = [("multimodal", 3)] if fedavg else [("align", 3), ("msa", 3)]
+    assert [(r["stage"], int(r["replies_ok"])) for r in rounds] == stages
+    clients = list(csv.DictReader((run_dir / "clients.csv").open()))
     for row in rounds:
         mine = [c for c in clients if c["server_round"] == row["round"]]
         assert int(row["examples_audio"]) == sum(int(c["examples_audio"]) for c in mine)
-    assert any(int(c["examples_audio"]) == int(c["examples_visual"]) == 0 for c in clients)
-    assert np.isfinite(json.loads((run.run_dir / "summary.json").read_text())["f1"])
+        assert int(row["examples_visual"]) == sum(int(c["examples_visual"]) for c in mine)
+    assert np.isfinite(json.loads((run_dir / "summary.json").read_text())["f1"])
+
+
+def test_flwr_run_with_every_missingness_pattern_at_once(tmp_path) -> None:
+    """A real `flwr run` (managed local SuperLink, Ray simulation) with all three kinds on together."""
+    run_config = {"dataset": "synthetic-seq", "rounds-align": 1, "rounds-msa": 1, "local-epochs": 1,
+                  "hidden-dim": 16, "msa-model": "mlp", "missing-rate": 0.3, "missing-modality-rate": 0.3,
+                  "missing-client-audio": 0.5, "missing-client-visual": 0.5, "output-dir": str(tmp_path / "runs")}
+    with LocalFederation(flwr_home=tmp_path / "flwr-home") as federation:
+        outcome = federation.run(run_config, num_supernodes=3, timeout_s=600)
+    assert outcome.status == "finished:completed"
+    _check_missing_run(outcome.run_dir, fedavg=False)
