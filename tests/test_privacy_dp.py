@@ -1,6 +1,6 @@
 """Differential privacy in two units: speaker level (DP-FedAvg on the server) and utterance level
-(DP-SGD with Opacus on the clients), the privacy ledger, the membership-inference runner, and one real
-Flower run per unit reporting epsilon every round."""
+(DP-SGD with Opacus on the clients), the privacy ledger, the membership-inference runner, and a run per
+unit reporting epsilon every round (speaker: a real `flwr run`; utterance: the same apps in process)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from hydiscgan_fl.training import discriminator_step, generator_alignment_step, 
 from hydiscgan_fl.training.losses import info_nce, per_utterance_alignment
 from strategies import HyDiscGANStrategy
 from strategies.dp import SpeakerLevelDP
+from examples.in_process import run_in_process
 from tests.grids import StaticGrid
 
 CPU = torch.device("cpu")
@@ -332,10 +333,14 @@ def federation():
 
 
 @pytest.mark.parametrize("unit", ["speaker", "utterance"])
-def test_each_dp_unit_reports_epsilon_every_round(federation, tmp_path, unit):
-    outcome = federation.run({"dataset": "synthetic", "rounds-align": 2, "rounds-msa": 1, "local-epochs": 1,
-                              "batch-size": 64, "output-dir": str(tmp_path), "dp-unit": unit}, num_supernodes=2)
-    rounds = pd.read_csv(outcome.run_dir / "metrics.csv")
+def test_each_dp_unit_reports_epsilon_every_round(request, tmp_path, unit):
+    run_config = {"dataset": "synthetic", "rounds-align": 2, "rounds-msa": 1, "local-epochs": 1, "batch-size": 64,
+                  "output-dir": str(tmp_path), "dp-unit": unit}
+    if unit == "speaker":  # a real `flwr run`; the utterance unit runs the same apps in process (no Ray)
+        run_dir = request.getfixturevalue("federation").run(run_config, num_supernodes=2).run_dir
+    else:
+        run_dir = run_in_process(run_config, num_nodes=2).run_dir
+    rounds = pd.read_csv(run_dir / "metrics.csv")
     assert len(rounds) == 3
     # the Wasserstein figure is computed on the server under the speaker unit; under the utterance unit it
     # would be computed from private per-utterance gradients, and it stays on the clients
@@ -351,5 +356,5 @@ def test_each_dp_unit_reports_epsilon_every_round(federation, tmp_path, unit):
         assert epsilon[2] > epsilon[1]  # every round's aggregate is noised
     else:
         assert epsilon[2] == epsilon[1]  # stage 2 reads no audio/visual: no further budget
-    summary = pd.read_json(outcome.run_dir / "summary.json", typ="series")
+    summary = pd.read_json(run_dir / "summary.json", typ="series")
     assert summary["epsilon_rdp"] == pytest.approx(epsilon[-1])
