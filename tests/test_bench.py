@@ -237,11 +237,13 @@ def test_the_missing_modality_grid_tests_every_subset_and_resumes(tmp_path, monk
     without text and the same on every subset with it; fsrf changes with the subset; a rerun trains nothing;
     the report and the plot are written; one folder holds one setting."""
     out = tmp_path / "grid"
-    argv = ["bench", "--dataset", "synthetic-seq", "--missing", "0,0.5", "--seeds", "1", "--out", str(out), *TINY]
+    methods = ["fsrf", "fsrf-dropout", "hydiscgan-central", "text-only"]
+    argv = ["bench", "--dataset", "synthetic-seq", "--missing", "0,0.5", "--missing-methods", ",".join(methods),
+            "--seeds", "1", "--out", str(out), *TINY]
     assert cli.main(argv) == 0
     table = pd.read_csv(out / "summary.csv")
     assert list(table.columns) == list(missing_bench.COLUMNS)
-    assert len(table) == 2 * len(missing_bench.METHODS) * 7
+    assert len(table) == 2 * len(methods) * 7 and set(table["method"]) == set(methods)
     assert set(table["subset"]) == {"tav", "ta", "tv", "av", "t", "a", "v"}
     text_alone = table[table["method"].isin(["text-only", "hydiscgan-central"])]
     assert text_alone[~text_alone["subset"].str.contains("t")]["acc2"].isna().all()
@@ -264,6 +266,7 @@ def test_the_missing_modality_grid_tests_every_subset_and_resumes(tmp_path, monk
     assert "other settings" in capsys.readouterr().err
 
 
-def test_missing_rates_are_checked():
+@pytest.mark.parametrize("argv", [["--missing", "0,1.2"], ["--missing", "0", "--missing-methods", "fsrf,mlp"]])
+def test_missing_rates_and_grid_methods_are_checked(argv):
     with pytest.raises(SystemExit):
-        cli.main(["bench", "--missing", "0,1.2"])
+        cli.main(["bench", *argv])

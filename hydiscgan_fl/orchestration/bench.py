@@ -52,6 +52,7 @@ from hydiscgan_fl.models import AFFECT_MODELS, MSA_MODELS, build_shared_models, 
 from hydiscgan_fl.orchestration.affect_bench import affect_config, run_affect_bench
 from hydiscgan_fl.orchestration.bench_process import benchmark_process, machine
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
+from hydiscgan_fl.orchestration.missing_bench import METHODS as MISSING_METHODS
 from hydiscgan_fl.orchestration.missing_bench import parse_rates, run_missing_bench
 from hydiscgan_fl.orchestration.result_table import append_row, pyplot, read_rows
 from hydiscgan_fl.orchestration.schedule import SCHEDULE_KEYS, add_schedule_arguments, schedule_overrides
@@ -143,6 +144,8 @@ def register(subparsers) -> None:
                         help="run the missing-modality grid instead (hydiscgan_fl.orchestration.missing_bench): "
                              "comma-separated missing rates, e.g. 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7; --msa-models' first "
                              "model is that of hydiscgan-central and text-only")
+    parser.add_argument("--missing-methods", type=_missing_method_list, default=MISSING_METHODS, metavar="METHODS",
+                        help=f"with --missing: comma-separated subset of {','.join(MISSING_METHODS)} (default: all)")
     parser.set_defaults(handler=run)
 
 
@@ -159,6 +162,14 @@ def _missing_rates(text: str) -> tuple[float, ...]:
         return parse_rates(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _missing_method_list(text: str) -> tuple[str, ...]:
+    methods = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in methods if m not in MISSING_METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"unknown grid method(s) {unknown}; choose from {','.join(MISSING_METHODS)}")
+    return methods
 
 
 def _affect_model_list(text: str) -> tuple[str, ...]:
@@ -268,7 +279,7 @@ def run_missing(args: argparse.Namespace, out: Path) -> int:
         if args.seeds < 1:
             raise ConfigError("--seeds must be >= 1")
         with benchmark_process():
-            report = run_missing_bench(base, args.missing, args.msa_models[0], args.seeds, out)
+            report = run_missing_bench(base, args.missing, args.msa_models[0], args.seeds, out, args.missing_methods)
     except (ConfigError, DataError, ValueError) as err:
         print(f"hydiscgan bench: error: {err}", file=sys.stderr)
         return 2

@@ -68,9 +68,10 @@ def parse_rates(text: str) -> tuple[float, ...]:
     return rates
 
 
-def run_missing_bench(base: HyDiscGANConfig, rates: tuple[float, ...], model: str, seeds: int, out: Path) -> str:
-    """Every rate x method x seed not yet in DIR/summary.csv, then summary.md and missing.png; returns the
-    report's text."""
+def run_missing_bench(base: HyDiscGANConfig, rates: tuple[float, ...], model: str, seeds: int, out: Path,
+                      methods: tuple[str, ...] = METHODS) -> str:
+    """Every rate x method (of `methods`) x seed not yet in DIR/summary.csv, then summary.md and missing.png
+    (from every row there); returns the report's text."""
     out.mkdir(parents=True, exist_ok=True)
     settings = {"dataset": base.dataset, "model": model, **{key: base.to_run_config()[key] for key in SCHEDULE_KEYS}}
     settings_path = out / "bench.json"
@@ -81,7 +82,7 @@ def run_missing_bench(base: HyDiscGANConfig, rates: tuple[float, ...], model: st
     done = {(float(row["missing_rate"]), row["method"], int(row["seed"])) for row in read_rows(out / "summary.csv")}
     for seed in range(seeds):
         for rate in rates:
-            for method in METHODS:
+            for method in methods:
                 label = f"{method} r={rate:g} seed {seed}"
                 if (rate, method, seed) in done:
                     print(f"[{label}] already in summary.csv, skipped", flush=True)
