@@ -1,6 +1,8 @@
 """`hydiscgan bench`: HyDiscGAN against its baselines in one command.
 
     hydiscgan bench --dataset mosi-bclstm --methods text-only,hydiscgan --msa-models mlp,context-gru --seeds 5 --out DIR
+    hydiscgan bench --dataset synthetic-seq --missing 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7 --msa-models mlp --out DIR  (the
+        missing-modality grid: hydiscgan_fl.orchestration.missing_bench)
 
 Methods (same model family; every method gets rounds-msa x local-epochs epochs over the training data,
 the alignment stage is extra for the GAN methods):
@@ -269,7 +271,6 @@ def run_affect(args: argparse.Namespace, out: Path) -> int:
     print(report)
     print(f"results in {out} ({time.time() - started:.0f} s)")
     return 0
-
 
 
 def run_missing(args: argparse.Namespace, out: Path) -> int:
@@ -569,7 +570,6 @@ def _mean_std(values: pd.Series, column: str) -> str:
         return f"{mean:.1f} ± {std:.1f}"
     interval = f" [{summary['low']:.4f}, {summary['high']:.4f}]" if summary["n"] > 1 else ""
     return f"{mean:.4f} ± {std:.4f}{interval}"
-
 
 
 def _label(method: str, model: str, table: pd.DataFrame) -> str:

@@ -244,7 +244,6 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-
 def _plot_generations(result, path: Path, title: str) -> None:
     plt = pyplot()
     best, mean = np.stack(result.best), np.stack(result.mean)  # [generations, T]
