@@ -270,3 +270,16 @@ def test_the_missing_modality_grid_tests_every_subset_and_resumes(tmp_path, monk
 def test_missing_rates_and_grid_methods_are_checked(argv):
     with pytest.raises(SystemExit):
         cli.main(["bench", *argv])
+
+
+def test_the_report_compares_each_ablation_with_the_full_recipe():
+    rows = [{"method": method, "model": "mlp", "seed": seed, "acc2": base + 0.01 * seed, "f1": base,
+             **{c: np.nan for c in bench.PAIRED_COLUMNS if c not in ("acc2", "f1")}}
+            for seed in range(3) for method, base in (("text-only", 0.70), ("hydiscgan", 0.75),
+                                                      ("hydiscgan-no-adv", 0.72))]
+    table = pd.DataFrame(rows)
+    pairs = bench.groups(table)
+    lines = bench.paired_lines(table, pairs, "hydiscgan", (*bench.ABLATIONS, *bench.INFERENCES))
+    assert lines[0].startswith("Paired difference to hydiscgan")
+    assert [line.split(" | ")[0] for line in lines[4:]] == ["| hydiscgan-no-adv"]  # text-only is no ablation
+    assert "-0.0300 [-0.0300, -0.0300] (n=3) worse" in lines[4]

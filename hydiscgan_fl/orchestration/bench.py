@@ -469,7 +469,10 @@ def write_report(out: Path, raw_attack: dict[str, Any], parameters: dict[str, di
         rows = rows_of(table, method, model)
         cells = [_mean_std(rows[c], c) for c in shown]
         lines.append(f"| {method} | {model} | {len(rows)} | " + " | ".join(cells) + " |")
-    lines += ["", *paired_lines(table, pairs), *cost_ratio_lines(table, pairs)]
+    # which ingredient carries HyDiscGAN's gain: each ablation and inference choice against the full recipe
+    ablations = paired_lines(table, pairs, "hydiscgan", (*ABLATIONS, *INFERENCES))
+    lines += ["", *paired_lines(table, pairs), *(["", *ablations] if ablations else []),
+              *cost_ratio_lines(table, pairs)]
     lines += ["", *NOTES,
               f"- reference: the same attack on the raw, unstandardised audio‖visual of the training utterances "
               f"reaches {raw_attack['speaker_attack_acc']:.4f} (chance {raw_attack['speaker_attack_chance']:.4f}, "
@@ -493,11 +496,14 @@ def parameter_lines(parameters: dict[str, dict[str, int]]) -> list[str]:
               for model, counts in parameters.items())]
 
 
-def paired_lines(table: pd.DataFrame, pairs: list[tuple[str, str]]) -> list[str]:
-    """The table of each method's difference to text-only of the same model on the same seed, with its 95%
-    t-interval and a reading that calls a method better or worse only when the interval excludes zero."""
+def paired_lines(table: pd.DataFrame, pairs: list[tuple[str, str]], reference: str = REFERENCE,
+                 methods: tuple[str, ...] | None = None) -> list[str]:
+    """The table of each method's (of `methods`, default all) difference to `reference` of the same model on
+    the same seed, with its 95% t-interval and a reading that calls a method better or worse only when the
+    interval excludes zero."""
     columns = [c for c in PAIRED_COLUMNS if table[c].notna().any()]
-    others = [(method, model) for method, model in pairs if method != REFERENCE and (REFERENCE, model) in pairs]
+    others = [(method, model) for method, model in pairs if method != reference and (reference, model) in pairs
+              and (methods is None or method in methods)]
     if not others or not columns:
         return []
 
@@ -506,7 +512,7 @@ def paired_lines(table: pd.DataFrame, pairs: list[tuple[str, str]]) -> list[str]
         rows = rows[rows[column].notna()]
         return dict(zip(rows["seed"].astype(int), rows[column].astype(float)))
 
-    lines = [f"Paired difference to {REFERENCE} of the same model (method - {REFERENCE}, same seed): mean "
+    lines = [f"Paired difference to {reference} of the same model (method - {reference}, same seed): mean "
              "[95% t-interval] (n); 'better'/'worse' only where the interval excludes zero (for mae lower is "
              "better).", "",
              "| method | model | " + " | ".join(f"Δ {c}" for c in columns) + " |",
@@ -514,7 +520,7 @@ def paired_lines(table: pd.DataFrame, pairs: list[tuple[str, str]]) -> list[str]
     for method, model in others:
         cells = []
         for column in columns:
-            diff = paired_difference(by_seed(method, model, column), by_seed(REFERENCE, model, column))
+            diff = paired_difference(by_seed(method, model, column), by_seed(reference, model, column))
             cells.append(f"{diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}] (n={diff['n']}) "
                          f"{_reading(diff, column)}")
         lines.append(f"| {method} | {model} | " + " | ".join(cells) + " |")
