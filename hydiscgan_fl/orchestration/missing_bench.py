@@ -183,7 +183,7 @@ def plot_missing(table: pd.DataFrame, methods: list[str], metric: str, target: P
         axis.set_title(f"present: {subset}")
         axis.set_xlabel("missing rate r")
     axes[0].set_ylabel(f"test {metric}")
-    axes[-1].legend(fontsize=7, loc="lower left")
+    axes[0].legend(fontsize=7, loc="lower left")  # the all-modalities panel has every method
     fig.tight_layout()
     fig.savefig(target, dpi=110)
     plt.close(fig)
