@@ -23,7 +23,8 @@ only if a DP mechanism covers it. Arrays are governed separately (exactly the co
   hydiscgan_fl.data.missing): how many of the client's training utterances hold each modality. Metadata like
   `num-examples` (that a camera or microphone was off), not computed from any feature value. Unlike
   `num-examples`, the server cannot know them from the texts it holds, and no DP mechanism covers them: they
-  leave only without DP (they weigh G's parts in part-wise aggregation, which DP runs refuse anyway).
+  leave only without DP. (Under utterance-level DP, part-wise aggregation of G then weighs every part by
+  `num-examples`, strategies.aggregation.part_claim; speaker-level DP refuses part-wise aggregation.)
 * `train-s` (the client's training time) is not computed from private values, but it grows with the
   number of utterances actually sampled: under utterance-level DP that reveals the size of the secret
   Poisson batches, and under either DP unit it is a side channel no mechanism covers. It leaves only
