@@ -39,6 +39,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -151,12 +152,21 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def _method_list(text: str) -> tuple[str, ...]:
-    methods = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {','.join(METHODS)}")
-    return methods
+def _names_from(choices: Collection[str], what: str):
+    """An argparse type: a comma-separated, de-duplicated list of names from `choices` (read when parsing, so a
+    registry's live entries work; `what` names them in the error)."""
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+        unknown = [name for name in names if name not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown {what}(s) {unknown}; choose from {','.join(choices)}")
+        return names
+    return parse
+
+
+_method_list = _names_from(METHODS, "method")
+_missing_method_list = _names_from(MISSING_METHODS, "grid method")
+_affect_model_list = _names_from(AFFECT_MODELS.entries, "affect model")
 
 
 def _missing_rates(text: str) -> tuple[float, ...]:
@@ -164,23 +174,6 @@ def _missing_rates(text: str) -> tuple[float, ...]:
         return parse_rates(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _missing_method_list(text: str) -> tuple[str, ...]:
-    methods = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    unknown = [m for m in methods if m not in MISSING_METHODS]
-    if unknown or not methods:
-        raise argparse.ArgumentTypeError(f"unknown grid method(s) {unknown}; choose from {','.join(MISSING_METHODS)}")
-    return methods
-
-
-def _affect_model_list(text: str) -> tuple[str, ...]:
-    models = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    unknown = [m for m in models if m not in AFFECT_MODELS.entries]
-    if unknown or not models:
-        raise argparse.ArgumentTypeError(f"unknown affect model(s) {unknown}; choose from "
-                                         f"{','.join(AFFECT_MODELS.entries)}")
-    return models
 
 
 def _model_list(text: str) -> tuple[str, ...]:
