@@ -295,14 +295,12 @@ def test_hydiscgan_with_missing_modalities_needs_a_part_weighted_mean(overrides,
     HyDiscGANConfig(missing_client_audio=0.5, rounds_align=0, **overrides)  # no stage 1: nothing to weigh
 
 
-# One per kind of missingness (data.missing), and the multimodal baseline whose M reads the real modalities.
+# One per kind of missingness (data.missing); the multimodal baseline with `fsrf` has its run in test_fsrf.py.
 PATTERN_RUNS = {
     # on utterance vectors, where the rate takes whole utterances' audio/visual (on sequences, frames)
     "within-modality": {"dataset": "synthetic", "missing-rate": 0.4},
     "per-utterance": {"missing-modality-rate": 0.5},
     "per-client": {"missing-client-audio": 0.5, "missing-client-visual": 0.5},
-    "fedavg-multimodal-fsrf": {"method": "fedavg-multimodal", "msa-model": "fsrf", "missing-rate": 0.3,
-                               "missing-modality-rate": 0.3, "missing-client-audio": 0.5},
 }
 
 
@@ -313,20 +311,18 @@ def test_a_federated_run_with_each_missingness_pattern(tmp_path, pattern) -> Non
     run = run_in_process({"dataset": "synthetic-seq", "rounds-align": 1, "rounds-msa": 1, "local-epochs": 1,
                           "batch-size": 64, "hidden-dim": 16, "msa-model": "mlp", **PATTERN_RUNS[pattern],
                           "output-dir": str(tmp_path)}, num_nodes=3)
-    _check_missing_run(run.run_dir, fedavg="method" in PATTERN_RUNS[pattern])
+    _check_missing_run(run.run_dir)
     clients = [c for c in csv.DictReader((run.run_dir / "clients.csv").open()) if c["stage"] != "align"]
     counts = {(int(c["examples_audio"]), int(c["examples_visual"]), int(c["num_examples"])) for c in clients}
     if pattern == "per-client":  # seed 0: one of the 3 clients holds neither audio nor visual, another both
         assert any(a == v == 0 for a, v, _ in counts) and any(a == v == n for a, v, n in counts)
-    else:  # some utterances of every client miss audio or visual (or the client holds no audio at all)
-        assert all(0 <= a < n and 0 < v < n for a, v, n in counts)
-        assert (pattern == "fedavg-multimodal-fsrf") == any(a == 0 for a, _, _ in counts)
+    else:  # some utterances of every client miss audio or visual
+        assert all(0 < a < n and 0 < v < n for a, v, n in counts)
 
 
-def _check_missing_run(run_dir, fedavg: bool) -> None:  # noqa: ANN001 - a Path
+def _check_missing_run(run_dir) -> None:  # noqa: ANN001 - a Path
     rounds = list(csv.DictReader((run_dir / "metrics.csv").open()))
-    stages = [("multimodal", 3)] if fedavg else [("align", 3), ("msa", 3)]
-    assert [(r["stage"], int(r["replies_ok"])) for r in rounds] == stages
+    assert [(r["stage"], int(r["replies_ok"])) for r in rounds] == [("align", 3), ("msa", 3)]
     clients = list(csv.DictReader((run_dir / "clients.csv").open()))
     for row in rounds:
         mine = [c for c in clients if c["server_round"] == row["round"]]
@@ -343,4 +339,4 @@ def test_flwr_run_with_every_missingness_pattern_at_once(tmp_path) -> None:
     with LocalFederation(flwr_home=tmp_path / "flwr-home") as federation:
         outcome = federation.run(run_config, num_supernodes=3, timeout_s=600)
     assert outcome.status == "finished:completed"
-    _check_missing_run(outcome.run_dir, fedavg=False)
+    _check_missing_run(outcome.run_dir)
