@@ -175,7 +175,9 @@ class HyDiscGANConfig(BaseModel):
     # fsrf-lambda-recon, fsrf-lambda-noise, fsrf-lambda-distill, fsrf-lambda-distribution]: similarity (CMD) of
     # the shared parts, orthogonality of shared vs specific parts, reconstruction, noise separation, and the
     # self-distillation between two masked views of a sample (predictions; representation distributions);
-    # [fsrf-view-drop]: probability that a view drops each present modality (at least one is kept).
+    # [fsrf-view-drop]: probability that a view drops each present modality (at least one is kept);
+    # [fsrf-distill-teacher]: "view" distils two masked views into each other, "complete" the sample with every
+    # modality it holds into one masked view.
     fsrf_lambda_sim: float = Field(1.0, ge=0.0)
     fsrf_lambda_orth: float = Field(0.3, ge=0.0)
     fsrf_lambda_recon: float = Field(1.0, ge=0.0)
@@ -183,6 +185,7 @@ class HyDiscGANConfig(BaseModel):
     fsrf_lambda_distill: float = Field(1.0, ge=0.0)
     fsrf_lambda_distribution: float = Field(0.1, ge=0.0)
     fsrf_view_drop: float = Field(0.3, ge=0.0, lt=1.0)
+    fsrf_distill_teacher: Literal["view", "complete"] = "view"
     # Client cost [msa-site, transport-dtype]: "server" runs stage 2 on the server's own text and labels
     # (stage "server-msa", no client work; clients only align); "float16" sends G and M in half precision
     # both ways (cast back to float32 before aggregation and training).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from clients import handlers
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.orchestration import bench, cli, missing_bench
 from hydiscgan_fl.server_run import ServerRun
+from hydiscgan_fl.training.central import CentralResult
 from strategies import HyDiscGANStrategy
 from tests.grids import StaticGrid
 from tests.sanity import above_chance
@@ -252,6 +254,7 @@ def test_the_missing_modality_grid_tests_every_subset_and_resumes(tmp_path, monk
     fsrf = table[table["method"] == "fsrf"]
     assert fsrf["acc2"].notna().all() and fsrf["model"].eq("fsrf").all()
     assert (fsrf[fsrf["subset"] == "t"]["acc2"].to_numpy() != fsrf[fsrf["subset"] == "tav"]["acc2"].to_numpy()).any()
+    assert fsrf["valid_acc2"].notna().all()  # each subset also on the validation speakers, to choose settings
     report = (out / "summary.md").read_text()
     assert "| fsrf − fsrf-dropout |" in report and (out / "missing.png").stat().st_size > 0
 
@@ -264,6 +267,35 @@ def test_the_missing_modality_grid_tests_every_subset_and_resumes(tmp_path, monk
     assert cli.main([*argv[:-len(TINY) - 2], "--out", str(out), "--msa-models", "context-gru",
                      *TINY[2:]]) == 2  # another model in the same folder
     assert "other settings" in capsys.readouterr().err
+
+
+def test_set_gives_every_run_a_run_config_key_and_belongs_to_the_folders_settings(tmp_path, monkeypatch, capsys):
+    seen = []
+
+    def record(method, cfg, test_subsets=None):
+        seen.append(cfg)
+        return _fixed_result(test_subsets)
+
+    monkeypatch.setattr(missing_bench, "run_central", record)
+    argv = ["bench", "--dataset", "synthetic-seq", "--missing", "0", "--missing-methods", "fsrf", "--seeds", "1",
+            "--out", str(tmp_path), *TINY, "--set", "fsrf-lambda-distill=3", "--set", "fsrf-distill-teacher=complete"]
+    assert cli.main(argv) == 0
+    assert [(c.fsrf_lambda_distill, c.fsrf_distill_teacher) for c in seen] == [(3.0, "complete")]
+    assert json.loads((tmp_path / "bench.json").read_text())["set"] == {"fsrf-lambda-distill": 3,
+                                                                       "fsrf-distill-teacher": "complete"}
+    assert cli.main(argv[:-2]) == 2 and "other settings" in capsys.readouterr().err
+    for bad, message in (("seed=3", "sets seed itself"), ("fsrf-lambda-distill", "KEY=VALUE")):
+        with pytest.raises(SystemExit):
+            cli.main([*argv[:-4], "--set", bad])
+        assert message in capsys.readouterr().err
+    assert cli.main([*argv[:-4], "--set", "fsrf-lambda-distill=-1"]) == 2
+    assert "fsrf-lambda-distill" in capsys.readouterr().err
+
+
+def _fixed_result(test_subsets):
+    """What run_central returns, without training (this test is about the settings reaching it)."""
+    return CentralResult({f"{m}@{name}": 0.5 for name in test_subsets for m in ("acc2", "valid_acc2")}, 1,
+                         np.zeros((1, 1)))
 
 
 @pytest.mark.parametrize("argv", [["--missing", "0,1.2"], ["--missing", "0", "--missing-methods", "fsrf,mlp"]])

@@ -175,6 +175,24 @@ def test_self_distillation_is_zero_for_identical_views_and_its_teacher_side_is_d
     assert teacher.grad is None and student.grad is not None
 
 
+def test_the_complete_teacher_distils_every_held_modality_into_one_masked_view() -> None:
+    """fsrf-distill-teacher "complete": one direction, from the sample as held to its masked view; the
+    members without distillation keep two masked views."""
+    model, inputs, present = _model("fsrf", fsrf_distill_teacher="complete").eval(), _inputs(), _present()
+    text_alone = present & torch.tensor([True, False, False])
+    model.view = lambda held: text_alone
+    terms = model.training_losses(*inputs, None, present, task_loss=lambda out: out.pow(2).mean())
+    with torch.no_grad():
+        complete, student = model(*inputs, None, present), model(*inputs, None, text_alone)
+    assert terms["fsrf_distill"].item() == pytest.approx(torch.nn.functional.mse_loss(student, complete).item())
+    assert terms["task"].item() == pytest.approx(0.5 * (complete.pow(2).mean() + student.pow(2).mean()).item())
+    dropout = _model("fsrf-dropout", fsrf_distill_teacher="complete").eval()
+    views = []
+    dropout.view = lambda held: views.append(held) or text_alone
+    dropout.training_losses(*inputs, None, present, task_loss=lambda out: out.pow(2).mean())
+    assert len(views) == 2
+
+
 def test_views_drop_modalities_but_keep_one_present() -> None:
     model, present = _model("fsrf", fsrf_view_drop=0.9), _present().repeat(50, 1)
     torch.manual_seed(0)

@@ -16,10 +16,13 @@ guided semantic recovery for MSA with missing modalities; no code was found, its
    *recovered* from that pooled shared part (R_m, an MLP per modality). This is the only way a missing
    modality reaches a prediction: its own values are never read (`torch.where`, not a multiplication, so
    not even a NaN there could leak).
-4. **Self-distillation** between two views of each training sample, each dropping every present modality
-   with probability `fsrf-view-drop` (at least one kept): the task loss on both views, and, symmetric with the
-   teacher side detached, MSE between their outputs (predictions) and KL between the softmax of their fused
-   representations (representation distributions).
+4. **Self-distillation** between two views of each training sample: the task loss on both views, and MSE
+   between their outputs (predictions) and KL between the softmax of their fused representations
+   (representation distributions), the teacher side detached. `fsrf-distill-teacher` "view" (default): both
+   views drop every present modality with probability `fsrf-view-drop` (at least one kept) and the terms are
+   symmetric; "complete": the teacher is the sample with every modality it holds and the student one such
+   masked view (complete -> incomplete, one direction). Members without distillation always train on two
+   masked views.
 
 Every loss term has its weight in the run config (`fsrf-lambda-*`). Ablations (registry): `fsrf-nofact` (h_m is
 both "shared" and "specific": no factorisation, no factorisation losses), `fsrf-nodistill` (no distillation
@@ -68,7 +71,8 @@ def orthogonality(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class FSRFWeights:
-    """The loss weights (run-config fsrf-lambda-*) and the views' drop probability (fsrf-view-drop)."""
+    """The loss weights (run-config fsrf-lambda-*), the views' drop probability (fsrf-view-drop) and which
+    view teaches (fsrf-distill-teacher)."""
 
     sim: float
     orth: float
@@ -77,11 +81,12 @@ class FSRFWeights:
     distill: float
     distribution: float
     view_drop: float
+    teacher: str = "view"
 
     @classmethod
     def of(cls, cfg: HyDiscGANConfig) -> FSRFWeights:
         return cls(cfg.fsrf_lambda_sim, cfg.fsrf_lambda_orth, cfg.fsrf_lambda_recon, cfg.fsrf_lambda_noise,
-                   cfg.fsrf_lambda_distill, cfg.fsrf_lambda_distribution, cfg.fsrf_view_drop)
+                   cfg.fsrf_lambda_distill, cfg.fsrf_lambda_distribution, cfg.fsrf_view_drop, cfg.fsrf_distill_teacher)
 
 
 class ModalityProjection(nn.Module):
@@ -171,14 +176,17 @@ class FSRF(nn.Module):
         parts = self.parts(text, audio, visual)
         present = _all_present(parts, present)
         losses = self.factor_losses(parts, present) if self.factorise else {}
-        views = [self.fuse(parts, self.view(present)) for _ in range(2)]
+        complete = self.distill and self.weights.teacher == "complete"
+        views = [self.fuse(parts, present if complete else self.view(present)), self.fuse(parts, self.view(present))]
         outputs = [self.readout(fused) for fused in views]
         losses["task"] = 0.5 * (task_loss(outputs[0]) + task_loss(outputs[1]))
         if self.distill:
             w = self.weights
-            losses["fsrf_distill"] = w.distill * 0.5 * (F.mse_loss(outputs[0], outputs[1].detach())
-                                                        + F.mse_loss(outputs[1], outputs[0].detach()))
-            losses["fsrf_distribution"] = w.distribution * 0.5 * (_kl(views[0], views[1]) + _kl(views[1], views[0]))
+            # (student, teacher) pairs: the masked view learns from the complete one, or both views from each other
+            pairs = [(1, 0)] if complete else [(0, 1), (1, 0)]
+            losses["fsrf_distill"] = w.distill * sum(F.mse_loss(outputs[s], outputs[t].detach())
+                                                     for s, t in pairs) / len(pairs)
+            losses["fsrf_distribution"] = w.distribution * sum(_kl(views[s], views[t]) for s, t in pairs) / len(pairs)
         return losses
 
     def factor_losses(self, parts: Parts, present: torch.Tensor) -> dict[str, torch.Tensor]:

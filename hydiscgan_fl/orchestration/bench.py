@@ -39,6 +39,7 @@ import json
 import re
 import sys
 import time
+import tomllib
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ from hydiscgan_fl.orchestration.bench_process import benchmark_process, machine
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
 from hydiscgan_fl.orchestration.missing_bench import METHODS as MISSING_METHODS
 from hydiscgan_fl.orchestration.missing_bench import parse_rates, run_missing_bench
-from hydiscgan_fl.orchestration.result_table import append_row, pyplot, read_rows
+from hydiscgan_fl.orchestration.result_table import append_row, check_header, pyplot, read_rows
 from hydiscgan_fl.orchestration.schedule import SCHEDULE_KEYS, add_schedule_arguments, schedule_overrides
 from hydiscgan_fl.privacy.attacks import speaker_attack
 from hydiscgan_fl.training import UtteranceTensors, pick_device, tensor_view, to_tensors
@@ -149,6 +150,10 @@ def register(subparsers) -> None:
                              "model is that of hydiscgan-central and text-only")
     parser.add_argument("--missing-methods", type=_missing_method_list, default=MISSING_METHODS, metavar="METHODS",
                         help=f"with --missing: comma-separated subset of {','.join(MISSING_METHODS)} (default: all)")
+    parser.add_argument("--set", type=_assignment, action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="a run-config key for every run of the benchmark (and of the --missing grid), e.g. "
+                             "--set fsrf-lambda-distill=3; repeatable; values as in --run-config (TOML), bare words "
+                             "are strings; the keys the benchmark sets itself are refused")
     parser.set_defaults(handler=run)
 
 
@@ -167,6 +172,25 @@ def _names_from(choices: Collection[str], what: str):
 _method_list = _names_from(METHODS, "method")
 _missing_method_list = _names_from(MISSING_METHODS, "grid method")
 _affect_model_list = _names_from(AFFECT_MODELS.entries, "affect model")
+
+
+# run-config keys that the benchmark sets itself (its own options, each method, each seed and run directory)
+BENCH_KEYS = ("dataset", "data-dir", "seed", "msa-model", "method", "output-dir", "missing-rate", *SCHEDULE_KEYS,
+              "misalign-rate", "misalign-shift")
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    """`--set KEY=VALUE`: the value read as a TOML value (3, 0.5, true, "x"), or as a string if it is not one."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE, got {text!r}")
+    if key in BENCH_KEYS:
+        raise argparse.ArgumentTypeError(f"--set {key}: the benchmark sets {key} itself (use its own option)")
+    try:
+        return key, tomllib.loads(f"value = {value.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        return key, value.strip()
 
 
 def _missing_rates(text: str) -> tuple[float, ...]:
@@ -205,9 +229,10 @@ def run(args: argparse.Namespace) -> int:
         _check_settings(out, {"dataset": base.dataset, "num-clients": args.num_clients,
                               **{key: base.to_run_config()[key] for key in SCHEDULE_KEYS},
                               # only when set, so that folders written before these keys existed still resume
-                              **{key: base.to_run_config()[key] for key in MISALIGN_KEYS if base.to_run_config()[key]}})
-        _check_columns(out / "summary.csv")
-    except (ConfigError, DataError, OSError) as err:
+                              **{key: base.to_run_config()[key] for key in MISALIGN_KEYS if base.to_run_config()[key]},
+                              **({"set": dict(args.overrides)} if args.overrides else {})})
+        check_header(out / "summary.csv", COLUMNS)
+    except (ConfigError, DataError, OSError, ValueError) as err:
         print(f"hydiscgan bench: error: {err}", file=sys.stderr)
         return 2
     done = {(row["method"], row["model"], int(row["seed"])) for row in read_rows(out / "summary.csv")}
@@ -225,7 +250,8 @@ def run(args: argparse.Namespace) -> int:
                         started = time.time()
                         if method in FEDERATED_METHODS:
                             federation = federation or LocalFederation()
-                            row = federated_row(federation, method, cfg, args.num_clients, out, label)
+                            row = federated_row(federation, method, cfg, args.num_clients, out, label,
+                                                dict(args.overrides))
                         else:
                             row = central_row(method, cfg, label)
                         row.update({"dataset": base.dataset, "method": method, "model": model, "seed": seed,
@@ -248,6 +274,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_affect(args: argparse.Namespace, out: Path) -> int:
     try:
+        if args.overrides:
+            raise ConfigError("--set applies to the sentiment benchmark and the --missing grid, not to --task affect")
         base = affect_config(args)
         if args.seeds < 1:
             raise ConfigError("--seeds must be >= 1")
@@ -273,7 +301,8 @@ def run_missing(args: argparse.Namespace, out: Path) -> int:
         if args.seeds < 1:
             raise ConfigError("--seeds must be >= 1")
         with benchmark_process():
-            report = run_missing_bench(base, args.missing, args.msa_models[0], args.seeds, out, args.missing_methods)
+            report = run_missing_bench(base, args.missing, args.msa_models[0], args.seeds, out, args.missing_methods,
+                                       dict(args.overrides))
     except (ConfigError, DataError, ValueError) as err:
         print(f"hydiscgan bench: error: {err}", file=sys.stderr)
         return 2
@@ -289,7 +318,8 @@ def _base_config(args: argparse.Namespace) -> HyDiscGANConfig:
         dataset = "mmsa:" + str(Path(dataset[5:]).expanduser().resolve())
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else ""
     return HyDiscGANConfig.from_run_config({"dataset": dataset, "data-dir": data_dir, **schedule_overrides(args),
-                                            "misalign-rate": args.misalign_rate, "misalign-shift": args.misalign_shift})
+                                            "misalign-rate": args.misalign_rate, "misalign-shift": args.misalign_shift,
+                                            **dict(args.overrides)})
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
@@ -302,16 +332,6 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
                               "Use another --out.")
     else:
         path.write_text(json.dumps(settings, indent=2) + "\n")
-
-
-def _check_columns(path: Path) -> None:
-    """Rows are appended under the existing header: it must be today's, or resumed rows would shift."""
-    if path.exists():
-        with path.open(newline="") as handle:
-            header = handle.readline().strip().split(",")
-        if header != list(COLUMNS):
-            raise ConfigError(f"{path} has the columns {header}, not this version's {list(COLUMNS)} "
-                              "(written by an older version?). Use another --out.")
 
 
 def model_parameters(cfg: HyDiscGANConfig, models: tuple[str, ...]) -> dict[str, dict[str, int]]:
@@ -353,9 +373,10 @@ class RoundProgress:
 
 
 def federated_row(federation: LocalFederation, method: str, cfg: HyDiscGANConfig, num_clients: int, out: Path,
-                  label: str) -> dict[str, Any]:
+                  label: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One federated run; `overrides`: the --set run-config keys."""
     run_config = {key: value for key, value in cfg.to_run_config().items() if key in
-                  ("dataset", "data-dir", "seed", "msa-model", *SCHEDULE_KEYS, *MISALIGN_KEYS)}
+                  ("dataset", "data-dir", "seed", "msa-model", *SCHEDULE_KEYS, *MISALIGN_KEYS, *(overrides or {}))}
     run_config.update({**FEDERATED_VARIANTS[method],
                        "output-dir": str(run_group(out, method, cfg.msa_model, cfg.seed))})
     outcome = federation.run(run_config, num_clients, progress=RoundProgress(label))

@@ -39,7 +39,8 @@ import pandas as pd
 from hydiscgan_fl.config import HyDiscGANConfig
 from hydiscgan_fl.metrics import paired_difference
 from hydiscgan_fl.orchestration.bench_process import machine
-from hydiscgan_fl.orchestration.result_table import append_row, difference_cell, interval_cell, pyplot, read_rows
+from hydiscgan_fl.orchestration.result_table import (append_row, check_header, difference_cell, interval_cell, pyplot,
+                                                     read_rows)
 from hydiscgan_fl.orchestration.schedule import SCHEDULE_KEYS
 from hydiscgan_fl.training.central import run_central
 
@@ -49,7 +50,9 @@ METHODS = (*FSRF_METHODS, "hydiscgan-central", "text-only")
 SUBSETS = {"tav": ("text", "audio", "visual"), "ta": ("text", "audio"), "tv": ("text", "visual"),
            "av": ("audio", "visual"), "t": ("text",), "a": ("audio",), "v": ("visual",)}
 METRICS = ("acc2", "f1", "mae", "corr", "acc7")
-COLUMNS = ("dataset", "missing_rate", "method", "model", "seed", "subset", *METRICS, "selected_step", "wall_s")
+VALID_METRICS = ("acc2", "mae")  # also kept on the validation speakers, to choose settings without the test set
+COLUMNS = ("dataset", "missing_rate", "method", "model", "seed", "subset", *METRICS,
+           *(f"valid_{metric}" for metric in VALID_METRICS), "selected_step", "wall_s")
 # (method, reference): the paired differences of the report; the ablations against the dropout backbone and
 # the full model, and the head-to-head with what predicts from text alone.
 COMPARISONS = (("fsrf", "fsrf-dropout"), ("fsrf-nofact", "fsrf-dropout"), ("fsrf-nodistill", "fsrf-dropout"),
@@ -69,11 +72,14 @@ def parse_rates(text: str) -> tuple[float, ...]:
 
 
 def run_missing_bench(base: HyDiscGANConfig, rates: tuple[float, ...], model: str, seeds: int, out: Path,
-                      methods: tuple[str, ...] = METHODS) -> str:
+                      methods: tuple[str, ...] = METHODS, overrides: dict[str, Any] | None = None) -> str:
     """Every rate x method (of `methods`) x seed not yet in DIR/summary.csv, then summary.md and missing.png
-    (from every row there); returns the report's text."""
+    (from every row there); returns the report's text. `overrides`: the run-config keys set in `base` by
+    --set (recorded with the folder's settings)."""
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"dataset": base.dataset, "model": model, **{key: base.to_run_config()[key] for key in SCHEDULE_KEYS}}
+    settings = {"dataset": base.dataset, "model": model, **{key: base.to_run_config()[key] for key in SCHEDULE_KEYS},
+                **({"set": overrides} if overrides else {})}
+    check_header(out / "summary.csv", COLUMNS)
     settings_path = out / "bench.json"
     if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
         raise ValueError(f"{out} holds a missing-modality grid with other settings "
@@ -98,7 +104,9 @@ def run_missing_bench(base: HyDiscGANConfig, rates: tuple[float, ...], model: st
                     append_row(out / "summary.csv",
                                {"dataset": base.dataset, "missing_rate": rate, "method": method, "model": msa_model,
                                 "seed": seed, "subset": subset, "selected_step": result.selected_step, "wall_s": wall,
-                                **{metric: result.metrics.get(f"{metric}@{subset}") for metric in METRICS}}, COLUMNS)
+                                **{metric: result.metrics.get(f"{metric}@{subset}") for metric in METRICS},
+                                **{f"valid_{metric}": result.metrics.get(f"valid_{metric}@{subset}")
+                                   for metric in VALID_METRICS}}, COLUMNS)
                 print(f"[{label}] done in {wall:.0f} s: acc2 {result.metrics['acc2@tav']:.4f} (all), "
                       f"{result.metrics['acc2@t']:.4f} (text alone)", flush=True)
     return write_missing_report(out)

@@ -33,6 +33,16 @@ def append_row(path: Path, row: dict[str, Any], columns: Sequence[str]) -> None:
         writer.writerow({column: _cell(row.get(column)) for column in columns})
 
 
+def check_header(path: Path, columns: Sequence[str]) -> None:
+    """Rows are appended under the existing header: it must be `columns`, or resumed rows would shift."""
+    if path.exists():
+        with path.open(newline="") as handle:
+            header = handle.readline().strip().split(",")
+        if header != list(columns):
+            raise ValueError(f"{path} has the columns {header}, not this version's {list(columns)} "
+                             "(written by an older version?). Use another --out.")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""

@@ -53,8 +53,9 @@ Progress = Callable[[str, int, int, dict[str, float]], None]
 
 @dataclass(frozen=True)
 class CentralResult:
-    """Test metrics at the step (epoch or round) best on validation, that step, and what the method consumes
-    at inference for each training utterance (for hydiscgan-central: G(t, 0) of the selected round)."""
+    """Test metrics at the step (epoch or round) best on validation (with test subsets, also the subsets'
+    valid_* metrics there), that step, and what the method consumes at inference for each training utterance
+    (for hydiscgan-central: G(t, 0) of the selected round)."""
 
     metrics: dict[str, float]
     selected_step: int
@@ -78,7 +79,8 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
                 test_subsets: Mapping[str, tuple[str, ...]] | None = None) -> CentralResult:
     """Train and test one central method on cfg.dataset with seed cfg.seed. `test_subsets` (name ->
     modalities) also tests each step with only those modalities present (`UtteranceTensors.only`), as metrics
-    `<metric>@<name>`; a method that predicts from text alone scores NaN where the subset has no text."""
+    `<metric>@<name>`, and validates it likewise (`valid_<metric>@<name>`, at the same selected step); a method
+    that predicts from text alone scores NaN where the subset has no text."""
     if method not in CENTRAL_METHODS:
         raise ValueError(f"unknown central method {method!r}; use one of {list(CENTRAL_METHODS)}")
     dataset = cfg.load_dataset()
@@ -97,15 +99,16 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
 
     def report(unit: str, done: int, total: int, predict_on: Predict) -> bool:
         """Evaluate one step; True when it is the best on validation so far."""
-        labels = test.labels.cpu().numpy()
-        test_metrics = summary_metrics(predict_on(test, test_layout), labels, label_kind)
+        test_metrics = summary_metrics(predict_on(test, test_layout), test.labels.cpu().numpy(), label_kind)
+        valid_metrics = summary_metrics(predict_on(valid, valid_layout), valid.labels.cpu().numpy(), label_kind)
         for name, modalities in (test_subsets or {}).items():
-            subset = summary_metrics(predict_on(test.only(modalities), test_layout), labels, label_kind) \
-                if method == "central-multimodal" or "text" in modalities else dict.fromkeys(test_metrics, np.nan)
-            test_metrics.update({f"{metric}@{name}": value for metric, value in subset.items()})
+            for prefix, split, layout in (("", test, test_layout), ("valid_", valid, valid_layout)):
+                subset = summary_metrics(predict_on(split.only(modalities), layout), split.labels.cpu().numpy(),
+                                         label_kind) if method == "central-multimodal" or "text" in modalities \
+                    else dict.fromkeys(test_metrics, np.nan)
+                test_metrics.update({f"{prefix}{metric}@{name}": value for metric, value in subset.items()})
         if progress is not None:
             progress(unit, done, total, test_metrics)
-        valid_metrics = summary_metrics(predict_on(valid, valid_layout), valid.labels.cpu().numpy(), label_kind)
         return selection.offer(done, valid_metrics, test_metrics)
 
     def per_epoch_group(predict_split: Callable[[torch.nn.Module, UtteranceTensors, VideoLayout | None], np.ndarray]):
