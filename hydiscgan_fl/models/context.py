@@ -3,16 +3,16 @@
 As bc-LSTM (Poria et al., ACL 2017): each utterance vector is projected, a BiGRU reads the video's
 utterances in order, and a per-utterance head reads the GRU state beside the utterance's own projection.
 M reads [t; a; v] per utterance (in HyDiscGAN [t; G(t)], so from text alone at test time); its text-only
-family member reads t. Sequences are packed, so padding never changes an output.
+family member reads t. Padding never changes an output (models/recurrent.py).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from hydiscgan_fl.models.networks import _mlp
+from hydiscgan_fl.models.recurrent import MaskedBiRNN
 from hydiscgan_fl.models.video_layout import VideoLayout
 
 
@@ -22,7 +22,7 @@ class ContextGRU(nn.Module):
     def __init__(self, in_dim: int, hidden: int, dropout: float):
         super().__init__()
         self.project = nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout))
-        self.gru = nn.GRU(hidden, hidden // 2, batch_first=True, bidirectional=True)
+        self.gru = MaskedBiRNN("gru", hidden, hidden // 2)
         self.feature_dim = hidden + 2 * (hidden // 2)
         self.head = _mlp(self.feature_dim, hidden, 1, dropout)
 
@@ -32,9 +32,7 @@ class ContextGRU(nn.Module):
         if layout is None:
             raise ValueError("the context-gru model reads whole videos: it needs the VideoLayout of its rows")
         projected = self.project(rows)
-        padded = layout.pad(projected)
-        packed = pack_padded_sequence(padded, layout.lengths.cpu(), batch_first=True, enforce_sorted=False)
-        context, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=padded.shape[1])
+        context = self.gru(layout.pad(projected), layout.lengths)
         return torch.cat([layout.unpad(context), projected], dim=1)
 
     def readout(self, features: torch.Tensor) -> torch.Tensor:

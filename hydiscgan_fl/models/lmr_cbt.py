@@ -1,7 +1,7 @@
 """The ``lmr-cbt`` family, built from the description of LMR-CBT (Fu et al., arXiv 2112.01697).
 
 1. Local temporal extraction per modality: a 1-D convolution (kernel 3) over audio and over visual steps,
-   a 2-layer bidirectional LSTM over text steps (packed: padding is never read).
+   a 2-layer bidirectional LSTM over text steps (padding is never read: models/recurrent.py).
 2. Cross-modal blocks: the text stream attends to the visual steps, then to the audio steps (multi-head
    attention, queries text, keys/values the other modality, padding masked), each with a residual back to
    the text stream.
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from hydiscgan_fl.models.recurrent import MaskedBiRNN
 from hydiscgan_fl.models.steps import Input, Laid, Sequence, lay_out, sinusoidal_positions
 from hydiscgan_fl.models.video_layout import VideoLayout
 
@@ -37,14 +37,11 @@ class TextStream(nn.Module):
 
     def __init__(self, in_dim: int, width: int, dropout: float):
         super().__init__()
-        self.lstm = nn.LSTM(in_dim, width // 2, num_layers=2, batch_first=True, bidirectional=True, dropout=dropout)
+        self.lstm = MaskedBiRNN("lstm", in_dim, width // 2, layers=2, dropout=dropout)
         self.norm = nn.LayerNorm(2 * (width // 2))
 
     def forward(self, text: Sequence) -> torch.Tensor:
-        lengths = text.mask.sum(dim=1).cpu()
-        packed = pack_padded_sequence(text.steps, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=text.steps.shape[1])
-        return self.norm(out) * text.mask.unsqueeze(-1)
+        return self.norm(self.lstm(text.steps, text.mask.sum(dim=1))) * text.mask.unsqueeze(-1)
 
 
 class LocalConv(nn.Module):
