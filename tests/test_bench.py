@@ -292,6 +292,14 @@ def test_set_gives_every_run_a_run_config_key_and_belongs_to_the_folders_setting
     assert "fsrf-lambda-distill" in capsys.readouterr().err
 
 
+def test_a_method_that_cannot_run_with_a_model_fails_before_any_run(tmp_path, capsys):
+    argv = ["bench", "--dataset", "synthetic-seq", "--methods", "text-only,multitask", "--msa-models", "mlp,lmr-cbt",
+            "--seeds", "1", "--out", str(tmp_path)]
+    assert cli.main(argv) == 2
+    assert "multitask cannot run with msa-model lmr-cbt" in capsys.readouterr().err
+    assert not (tmp_path / "summary.csv").exists()
+
+
 def _fixed_result(test_subsets):
     """What run_central returns, without training (this test is about the settings reaching it)."""
     return CentralResult({f"{m}@{name}": 0.5 for name in test_subsets for m in ("acc2", "valid_acc2")}, 1,

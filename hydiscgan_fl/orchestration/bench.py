@@ -52,7 +52,8 @@ from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError
 from hydiscgan_fl.data.sequences import masked_mean
 from hydiscgan_fl.metrics import HIGHER_IS_BETTER, mean_interval, paired_difference
-from hydiscgan_fl.models import AFFECT_MODELS, MSA_MODELS, build_shared_models, parameter_counts
+from hydiscgan_fl.models import (AFFECT_MODELS, MSA_MODELS, build_federated_models, build_shared_models,
+                                  parameter_counts)
 from hydiscgan_fl.orchestration.affect_bench import affect_config, run_affect_bench
 from hydiscgan_fl.orchestration.bench_process import benchmark_process, machine
 from hydiscgan_fl.orchestration.flwr_runner import FederatedRunError, LocalFederation
@@ -232,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
                               **{key: base.to_run_config()[key] for key in MISALIGN_KEYS if base.to_run_config()[key]},
                               **({"set": dict(args.overrides)} if args.overrides else {})})
         check_header(out / "summary.csv", COLUMNS)
+        _check_combinations(base, args.methods, args.msa_models)
     except (ConfigError, DataError, OSError, ValueError) as err:
         print(f"hydiscgan bench: error: {err}", file=sys.stderr)
         return 2
@@ -332,6 +334,21 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
                               "Use another --out.")
     else:
         path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _check_combinations(base: HyDiscGANConfig, methods: tuple[str, ...], models: tuple[str, ...]) -> None:
+    """Build every federated method's models with every model before the first run, so that a combination
+    that cannot run (e.g. multitask with a family whose text-only model exposes no features) fails at start,
+    not hours into the benchmark."""
+    dims = base.load_dataset().dims
+    for model in models:
+        for method in (m for m in methods if m in FEDERATED_VARIANTS):
+            cfg = HyDiscGANConfig.from_run_config({**base.to_run_config(), "msa-model": model,
+                                                   **FEDERATED_VARIANTS[method]})
+            try:
+                build_federated_models(dims, cfg, 0)
+            except ValueError as err:
+                raise ConfigError(f"{method} cannot run with msa-model {model}: {err}") from None
 
 
 def model_parameters(cfg: HyDiscGANConfig, models: tuple[str, ...]) -> dict[str, dict[str, int]]:
