@@ -132,7 +132,7 @@ def register(subparsers) -> None:
     parser.add_argument("--data-dir", default="", help="folder holding mosi-bclstm/ (default: the checkout's data/)")
     parser.add_argument("--methods", type=_method_list, default=DEFAULT_METHODS,
                         help=f"comma-separated subset of {','.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
-    parser.add_argument("--msa-models", type=_model_list, default=(HyDiscGANConfig().msa_model,),
+    parser.add_argument("--msa-models", type=msa_model_list, default=(HyDiscGANConfig().msa_model,),
                         help="comma-separated MSA models (run-config msa-model: registry names such as "
                              f"{','.join(MSA_MODELS.entries)}, or 'package.module:NAME'); every method runs with "
                              "each (default: %(default)s)")
@@ -201,7 +201,7 @@ def _missing_rates(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _model_list(text: str) -> tuple[str, ...]:
+def msa_model_list(text: str) -> tuple[str, ...]:
     models = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
     if not models:
         raise argparse.ArgumentTypeError("name at least one MSA model")

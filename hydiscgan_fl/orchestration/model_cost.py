@@ -30,6 +30,7 @@ from hydiscgan_fl.config import ConfigError, HyDiscGANConfig
 from hydiscgan_fl.data import DataError, partition_indices
 from hydiscgan_fl.training.videos import Videos
 from hydiscgan_fl.models import build_client_discriminators, build_shared_models, needs_context
+from hydiscgan_fl.orchestration.bench import msa_model_list
 from hydiscgan_fl.orchestration.bench_process import benchmark_process, machine
 from hydiscgan_fl.orchestration.schedule import add_schedule_arguments, schedule_overrides
 from hydiscgan_fl.training import local_alignment, local_msa, pick_device, tensor_view, to_tensors, train_multimodal
@@ -42,8 +43,8 @@ def register(subparsers) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="mosi-bclstm", help="dataset spec (default: %(default)s)")
     parser.add_argument("--data-dir", default="", help="folder holding mosi-bclstm/ (default: the checkout's data/)")
-    parser.add_argument("--msa-models", default="mlp,context-gru,lmr-cbt,cfn-sr",
-                        help="comma-separated MSA models (default: %(default)s)")
+    parser.add_argument("--msa-models", type=msa_model_list, default="mlp,context-gru,lmr-cbt,cfn-sr",
+                        help="comma-separated MSA models, as for bench (default: %(default)s)")
     parser.add_argument("--reference", default="mlp", help="the model every ratio divides by (default: %(default)s)")
     parser.add_argument("--num-clients", type=int, default=8, help="speaker partitions; partition 0 is timed "
                                                                    "(default: %(default)s)")
@@ -55,7 +56,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    models = [m.strip() for m in args.msa_models.split(",") if m.strip()]
+    models = list(args.msa_models)
     try:
         if args.reference not in models:
             raise ConfigError(f"--reference {args.reference!r} is not among --msa-models {models}")

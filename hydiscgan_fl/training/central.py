@@ -99,6 +99,7 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
 
     def report(unit: str, done: int, total: int, predict_on: Predict) -> bool:
         """Evaluate one step; True when it is the best on validation so far."""
+        # what is kept at the selected step: the test metrics, and with test subsets each subset's test and valid_*
         test_metrics = summary_metrics(predict_on(test, test_layout), test.labels.cpu().numpy(), label_kind)
         valid_metrics = summary_metrics(predict_on(valid, valid_layout), valid.labels.cpu().numpy(), label_kind)
         for name, modalities in (test_subsets or {}).items():
