@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -54,12 +54,13 @@ Progress = Callable[[str, int, int, dict[str, float]], None]
 @dataclass(frozen=True)
 class CentralResult:
     """Test metrics at the step (epoch or round) best on validation (with test subsets, also the subsets'
-    valid_* metrics there), that step, and what the method consumes at inference for each training utterance
-    (for hydiscgan-central: G(t, 0) of the selected round)."""
+    valid_* metrics there), that step, what the method consumes at inference for each training utterance
+    (for hydiscgan-central: G(t, 0) of the selected round), and the validation metrics at that step."""
 
     metrics: dict[str, float]
     selected_step: int
     inference_features: np.ndarray
+    valid_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def real_features(data: UtteranceTensors) -> np.ndarray:
@@ -119,7 +120,7 @@ def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = N
         return on_epoch
 
     def result(features: np.ndarray) -> CentralResult:
-        return CentralResult(dict(selection.test), int(selection.step), features)
+        return CentralResult(dict(selection.test), int(selection.step), features, dict(selection.valid))
 
     if method == "text-only":
         train_text_only(train.msa_input("text"), train.labels, label_kind, cfg, epochs, cfg.seed, videos=videos,
