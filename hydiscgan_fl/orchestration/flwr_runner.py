@@ -1,10 +1,9 @@
 """Run the Flower app through `flwr run` on an isolated, managed local SuperLink (Ray simulation).
 
 `flwr run` returns before the run ends and its exit code says nothing about the run, so the runner
-submits with `--format json`, polls `flwr list` until the run is `finished:*` (every few seconds, and
-at once when the run directory's summary.json appears), and treats anything but `finished:completed` as a
-failure. Each LocalFederation has its own FLWR_HOME and SuperLink
-port, and stops the SuperLink it started, by PID.
+submits with `--format json`, polls `flwr list` until the run is `finished:*` (every 15 s, and at once
+when the run directory's summary.json appears), and treats anything but `finished:completed` as a failure.
+Each LocalFederation has its own FLWR_HOME and SuperLink port, and stops the SuperLink it started, by PID.
 """
 
 from __future__ import annotations
