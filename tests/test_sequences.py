@@ -137,6 +137,16 @@ def test_synthetic_sequences_are_unaligned_drift_and_identify_speakers() -> None
     np.testing.assert_array_equal(again.audio, ds.audio)
 
 
+def test_synthetic_seq_takes_a_speaker_count() -> None:
+    """"synthetic-seq:<n>" has n speakers of 16 utterances; the bare spec keeps the generator's 60."""
+    assert HyDiscGANConfig(dataset="synthetic-seq:240").dataset == "synthetic-seq:240"
+    larger = load_dataset("synthetic-seq:12", None, 0, cached=False)
+    assert len(set(larger.speakers.tolist())) == 12 and len(larger.labels) == 12 * 16
+    assert len(set(load_dataset("synthetic-seq", None, 0, cached=False).speakers.tolist())) == 60
+    with pytest.raises(DataError, match="'synthetic-seq:<number of speakers, at least 2>'"):
+        load_dataset("synthetic-seq:1", None, 0, cached=False)
+
+
 def _mmsa_sequence_pickle(path: Path) -> Path:
     """A small unaligned MMSA pickle: 8 training videos, its own valid and test videos."""
     rng = np.random.default_rng(3)

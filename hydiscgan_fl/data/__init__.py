@@ -5,7 +5,8 @@ Dataset specs for :func:`load_dataset`:
 - ``"mosi-bclstm"``: CMU-MOSI bc-LSTM features read from ``data_dir / "mosi-bclstm"``;
 - ``"synthetic"``: :func:`make_synthetic` with the given seed (80 speakers; ``"synthetic:<n>"``: n speakers);
 - ``"synthetic-seq"``: :func:`make_synthetic_sequences` with the given seed (unaligned sequences with valid
-  lengths, a mood drifting through each video, a planted text-step x audio-step interaction);
+  lengths, a mood drifting through each video, a planted text-step x audio-step interaction; 60 speakers,
+  ``"synthetic-seq:<n>"``: n speakers);
 - ``"mmsa:<absolute path to .pkl>"``: an MMSA feature pickle (read with a restricted unpickler);
 - ``"partitions:<absolute dir>"``: the server's view ``<dir>/server.npz`` written by
   :func:`write_partitions` (text and labels only), a :class:`ServerView` whose ``feature_dims``
@@ -65,8 +66,8 @@ __all__ = [
 # round, test 0.76), so valid-from "auto" draws their validation speakers from the test speakers instead.
 VALID_FROM_TEST = frozenset({"mosi-bclstm"})
 
-DATASET_SPECS = ("mosi-bclstm", "synthetic", "synthetic:<number of speakers>", "synthetic-seq", "mmsa:<absolute path to .pkl>",
-                 "partitions:<absolute dir>")
+DATASET_SPECS = ("mosi-bclstm", "synthetic", "synthetic:<number of speakers>", "synthetic-seq",
+                 "synthetic-seq:<number of speakers>", "mmsa:<absolute path to .pkl>", "partitions:<absolute dir>")
 
 
 @functools.lru_cache(maxsize=8)
@@ -82,14 +83,15 @@ def _load_cached(spec: str, data_dir: Path | None, seed: int, valid_fraction: fl
     return with_validation_speakers(dataset, valid_fraction, seed, valid_from)
 
 
-def _synthetic_speakers(spec: str) -> int:
-    """"synthetic" has 80 speakers; "synthetic:<n>" has n (e.g. 1500 for 1,000+ training speakers)."""
-    if spec == "synthetic":
-        return 80
-    count = spec[len("synthetic:"):]
+def _speaker_count(spec: str, family: str) -> dict[str, int]:
+    """The generator's arguments for `spec`: none for `family` ("synthetic", "synthetic-seq": the generator's
+    default count), ``num_speakers=n`` for "<family>:<n>" (e.g. "synthetic:1500" for 1,000+ training speakers)."""
+    if spec == family:
+        return {}
+    count = spec[len(family) + 1:]
     if not count.isdigit() or int(count) < 2:
-        raise DataError(f"dataset spec {spec!r}: use 'synthetic:<number of speakers, at least 2>'")
-    return int(count)
+        raise DataError(f"dataset spec {spec!r}: use '{family}:<number of speakers, at least 2>'")
+    return {"num_speakers": int(count)}
 
 
 def _read(spec: str, data_dir: Path | None, seed: int, text_only: bool) -> MultimodalDataset:
@@ -98,10 +100,10 @@ def _read(spec: str, data_dir: Path | None, seed: int, text_only: bool) -> Multi
             raise DataError("dataset 'mosi-bclstm' needs the data directory that holds mosi-bclstm/")
         return load_mosi_bclstm(data_dir / "mosi-bclstm", text_only=text_only)
     if spec == "synthetic" or spec.startswith("synthetic:"):
-        full = make_synthetic(seed=seed, num_speakers=_synthetic_speakers(spec))
+        full = make_synthetic(seed=seed, **_speaker_count(spec, "synthetic"))
         return ServerView.of(full) if text_only else full
-    if spec == "synthetic-seq":
-        full = make_synthetic_sequences(seed=seed)
+    if spec == "synthetic-seq" or spec.startswith("synthetic-seq:"):
+        full = make_synthetic_sequences(seed=seed, **_speaker_count(spec, "synthetic-seq"))
         return ServerView.of(full) if text_only else full
     if spec.startswith("mmsa:"):
         pkl = Path(spec[len("mmsa:") :])

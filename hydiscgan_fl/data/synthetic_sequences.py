@@ -1,9 +1,10 @@
 """Seeded synthetic sequence data (dataset spec ``synthetic-seq``): unaligned frame-level modalities, a mood
 that drifts through each video, per-speaker voice/face signatures and a planted cross-modal interaction.
 
-Made for what sequence and context models need to show, each with a signal that only they can use:
-context (the mood, shared by neighbouring utterances), the private modalities (a paralinguistic component
-that text lacks), and fusion at the step level (a text step feature times an audio step feature).
+Made for what sequence and context models need to show: context (the mood, shared by neighbouring
+utterances, which only a model of the video can separate from the verbal part), the private modalities (a
+paralinguistic component that text lacks), and fusion at the step level (a text step feature times an audio
+step feature; pooled vectors keep much of it too, see make_synthetic_sequences).
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ def make_synthetic_sequences(
     ``w_*`` are fixed random directions (``w_t`` and ``w_a`` zero on feature 0, so the cues stand apart),
     ``m_a[s]``, ``m_v[s]`` the speaker's voice and face signatures, ``n`` unit frame noise. z_p (25% of the
     label's signal variance) is only in audio/visual; c_t c_a only in the product of a text step and an
-    audio step (their pooled means are diluted by the lengths). The split is speaker independent, as in
-    :func:`~hydiscgan_fl.data.make_synthetic`.
+    audio step. Pooling does not hide it: after the per-speaker standardisation the models apply, the
+    product of the two cue features' masked means correlates 0.62-0.68 with c_t c_a (seeds 0-2), the cue
+    step times the audio run's contrast to the other frames 0.75-0.80. The split is speaker independent,
+    as in :func:`~hydiscgan_fl.data.make_synthetic`.
     """
     if num_speakers < 2 or utterances_per_speaker < 1:
         raise DataError(f"synthetic-seq: need at least 2 speakers and 1 utterance each, got {num_speakers} and "
