@@ -22,6 +22,7 @@ from hydiscgan_fl.data import (
     load_server_view,
     make_synthetic_sequences,
     standardize_per_speaker,
+    synthetic_sequences_with_latents,
     write_partitions,
 )
 from hydiscgan_fl.data.sequences import masked_mean
@@ -135,6 +136,30 @@ def test_synthetic_sequences_are_unaligned_drift_and_identify_speakers() -> None
     assert text["speaker_attack_acc"] < 0.2
     again = make_synthetic_sequences(seed=0)
     np.testing.assert_array_equal(again.audio, ds.audio)
+
+
+def test_pooling_keeps_part_of_the_planted_interaction() -> None:
+    """The planted product c_t c_a, read from pooled vectors and from the steps that carry it (seeds 0-2):
+    correlation 0.62-0.68 from the product of the two cue features' masked means (audio centred per speaker,
+    as the models' standardisation does), 0.92-0.93 from the cue word times the audio cue run's contrast to
+    the other frames. A model of pooled vectors is not shut out of the interaction; one of steps can do more."""
+    for seed in range(3):
+        ds, latents = synthetic_sequences_with_latents(seed=seed)
+        product = latents.cue_text * latents.cue_audio
+        text_cue = masked_mean(ds.text, ds.lengths["text"])[:, 0]
+        audio_cue = masked_mean(ds.audio, ds.lengths["audio"])[:, 0]
+        for speaker in np.unique(ds.speakers):
+            audio_cue[ds.speakers == speaker] -= audio_cue[ds.speakers == speaker].mean()
+        frames = np.arange(ds.steps["audio"])[None, :]
+        in_run = (frames >= latents.cue_run_start[:, None]) & (
+            frames < (latents.cue_run_start + latents.cue_run_length)[:, None])
+        rest = (frames < ds.lengths["audio"][:, None]) & ~in_run
+        audio = ds.audio[:, :, 0]
+        contrast = (audio * in_run).sum(1) / in_run.sum(1) - (audio * rest).sum(1) / rest.sum(1)
+        cue_word = ds.text[np.arange(len(product)), latents.cue_word, 0]
+        pooled = np.corrcoef(product, text_cue * audio_cue)[0, 1]
+        steps = np.corrcoef(product, cue_word * contrast)[0, 1]
+        assert 0.6 < pooled < 0.7 and 0.9 < steps < 0.95, (seed, pooled, steps)
 
 
 def test_synthetic_seq_takes_a_speaker_count() -> None:

@@ -39,7 +39,7 @@ from .mosi_bclstm import load_mosi_bclstm
 from .partition import partition_indices
 from .partition_files import SERVER_FILE, load_partition, load_server_view, save_partition, write_partitions
 from .synthetic import make_synthetic
-from .synthetic_sequences import make_synthetic_sequences
+from .synthetic_sequences import SequenceLatents, make_synthetic_sequences, synthetic_sequences_with_latents
 
 __all__ = [
     "DataError",
@@ -49,6 +49,8 @@ __all__ = [
     "load_mosi_bclstm",
     "make_synthetic",
     "make_synthetic_sequences",
+    "synthetic_sequences_with_latents",
+    "SequenceLatents",
     "load_mmsa_pickle",
     "partition_indices",
     "save_partition",

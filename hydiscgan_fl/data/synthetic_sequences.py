@@ -4,17 +4,19 @@ that drifts through each video, per-speaker voice/face signatures and a planted 
 Made for what sequence and context models need to show: context (the mood, shared by neighbouring
 utterances, which only a model of the video can separate from the verbal part), the private modalities (a
 paralinguistic component that text lacks), and fusion at the step level (a text step feature times an audio
-step feature; pooled vectors keep much of it too, see make_synthetic_sequences).
+step feature; pooled vectors keep much of it too, see synthetic_sequences_with_latents).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from .dataset import DataError, MultimodalDataset
 from .synthetic import direction, speaker_test_split
 
-__all__ = ["make_synthetic_sequences"]
+__all__ = ["SequenceLatents", "make_synthetic_sequences", "synthetic_sequences_with_latents"]
 
 # Generative-model constants (see make_synthetic_sequences' docstring).
 _MOOD_PERSISTENCE = 0.8
@@ -31,6 +33,21 @@ _CUE_SCALE = 3.0
 _MIN_STEPS = {"text": 4, "audio": 8, "visual": 6}
 
 
+@dataclass(frozen=True)
+class SequenceLatents:
+    """The hidden factors of :func:`synthetic_sequences_with_latents`, one entry per utterance (the dataset's
+    rows): for checking what a model could recover, never an input to one."""
+
+    mood: np.ndarray
+    verbal: np.ndarray  # z_t
+    para: np.ndarray  # z_p
+    cue_text: np.ndarray  # c_t
+    cue_audio: np.ndarray  # c_a
+    cue_word: np.ndarray  # the text step that carries c_t
+    cue_run_start: np.ndarray  # the first audio frame of the run that carries c_a
+    cue_run_length: np.ndarray
+
+
 def make_synthetic_sequences(
     seed: int = 0,
     num_speakers: int = 60,
@@ -39,7 +56,20 @@ def make_synthetic_sequences(
     steps: tuple[int, int, int] = (12, 20, 16),
     test_fraction: float = 0.25,
 ) -> MultimodalDataset:
-    """A deterministic sequence dataset (name "synthetic-seq", label_kind "regression").
+    """The dataset of :func:`synthetic_sequences_with_latents`, without its hidden factors."""
+    return synthetic_sequences_with_latents(seed, num_speakers, utterances_per_speaker, dims, steps,
+                                            test_fraction)[0]
+
+
+def synthetic_sequences_with_latents(
+    seed: int = 0,
+    num_speakers: int = 60,
+    utterances_per_speaker: int = 16,
+    dims: tuple[int, int, int] = (16, 12, 12),
+    steps: tuple[int, int, int] = (12, 20, 16),
+    test_fraction: float = 0.25,
+) -> tuple[MultimodalDataset, SequenceLatents]:
+    """A deterministic sequence dataset (name "synthetic-seq", label_kind "regression") and its hidden factors.
 
     Each speaker s has one video of ``utterances_per_speaker`` utterances in order (ids ``spk<NNN>_<k>``).
     With ``rng = np.random.default_rng(seed)``, every draw N(0, 1) unless said otherwise, for utterance k:
@@ -60,10 +90,10 @@ def make_synthetic_sequences(
     ``w_*`` are fixed random directions (``w_t`` and ``w_a`` zero on feature 0, so the cues stand apart),
     ``m_a[s]``, ``m_v[s]`` the speaker's voice and face signatures, ``n`` unit frame noise. z_p (25% of the
     label's signal variance) is only in audio/visual; c_t c_a only in the product of a text step and an
-    audio step. Pooling does not hide it: after the per-speaker standardisation the models apply, the
-    product of the two cue features' masked means correlates 0.62-0.68 with c_t c_a (seeds 0-2), the cue
-    step times the audio run's contrast to the other frames 0.75-0.80. The split is speaker independent,
-    as in :func:`~hydiscgan_fl.data.make_synthetic`.
+    audio step. Pooling does not hide it: with the pooled audio centred per speaker (as the models'
+    per-speaker standardisation does), the product of the two cue features' masked means still correlates
+    0.62-0.68 with c_t c_a, against 0.92-0.93 for the cue word times the cue run's contrast read from the
+    steps (seeds 0-2; ``tests/test_sequences.py::test_pooling_keeps_part_of_the_planted_interaction``). The split is speaker independent, as in :func:`~hydiscgan_fl.data.make_synthetic`.
     """
     if num_speakers < 2 or utterances_per_speaker < 1:
         raise DataError(f"synthetic-seq: need at least 2 speakers and 1 utterance each, got {num_speakers} and "
@@ -117,7 +147,7 @@ def make_synthetic_sequences(
     split = speaker_test_split(rng, speaker_index, num_speakers, test_fraction)
     speaker_names = np.array([f"spk{s:03d}" for s in range(num_speakers)])
     ids = np.array([f"{speaker_names[s]}_{k + 1}" for s, k in zip(speaker_index.tolist(), position.tolist())])
-    return MultimodalDataset(
+    dataset = MultimodalDataset(
         name="synthetic-seq",
         ids=ids,
         speakers=speaker_names[speaker_index],
@@ -133,3 +163,5 @@ def make_synthetic_sequences(
         source=f"make_synthetic_sequences(seed={seed}, num_speakers={num_speakers}, utterances_per_speaker="
                f"{utterances_per_speaker}, dims={dims}, steps={steps}, test_fraction={test_fraction})",
     )
+    return dataset, SequenceLatents(mood=mood, verbal=z_t, para=z_p, cue_text=c_t, cue_audio=c_a, cue_word=cue_word,
+                                    cue_run_start=run_start, cue_run_length=run)
