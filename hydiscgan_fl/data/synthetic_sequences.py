@@ -48,17 +48,9 @@ class SequenceLatents:
     cue_run_length: np.ndarray
 
 
-def make_synthetic_sequences(
-    seed: int = 0,
-    num_speakers: int = 60,
-    utterances_per_speaker: int = 16,
-    dims: tuple[int, int, int] = (16, 12, 12),
-    steps: tuple[int, int, int] = (12, 20, 16),
-    test_fraction: float = 0.25,
-) -> MultimodalDataset:
-    """The dataset of :func:`synthetic_sequences_with_latents`, without its hidden factors."""
-    return synthetic_sequences_with_latents(seed, num_speakers, utterances_per_speaker, dims, steps,
-                                            test_fraction)[0]
+def make_synthetic_sequences(seed: int = 0, **options) -> MultimodalDataset:
+    """The dataset of :func:`synthetic_sequences_with_latents` (same arguments), without its hidden factors."""
+    return synthetic_sequences_with_latents(seed, **options)[0]
 
 
 def synthetic_sequences_with_latents(
