@@ -4,7 +4,7 @@ that drifts through each video, per-speaker voice/face signatures and a planted 
 Made for what sequence and context models need to show: context (the mood, shared by neighbouring
 utterances, which only a model of the video can separate from the verbal part), the private modalities (a
 paralinguistic component that text lacks), and fusion at the step level (a text step feature times an audio
-step feature; pooled vectors keep much of it too, see synthetic_sequences_with_latents).
+step feature; pooled vectors keep part of it too, see synthetic_sequences_with_latents).
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def synthetic_sequences_with_latents(
     audio step. Pooling does not hide it: with the pooled audio centred per speaker (as the models'
     per-speaker standardisation does), the product of the two cue features' masked means still correlates
     0.62-0.68 with c_t c_a, against 0.92-0.93 for the cue word times the cue run's contrast read from the
-    steps (seeds 0-2; ``tests/test_sequences.py::test_pooling_keeps_part_of_the_planted_interaction``). The split is speaker independent, as in :func:`~hydiscgan_fl.data.make_synthetic`.
+    steps (seeds 0-2; ``tests/test_sequences.py::test_pooling_keeps_part_of_the_planted_interaction``).
+    The split is speaker independent, as in :func:`~hydiscgan_fl.data.make_synthetic`.
     """
     if num_speakers < 2 or utterances_per_speaker < 1:
         raise DataError(f"synthetic-seq: need at least 2 speakers and 1 utterance each, got {num_speakers} and "
