@@ -145,18 +145,19 @@ def test_pooling_keeps_part_of_the_planted_interaction() -> None:
     the other frames. A model of pooled vectors is not shut out of the interaction; one of steps can do more."""
     for seed in range(3):
         ds, latents = synthetic_sequences_with_latents(seed=seed)
-        product = latents.cue_text * latents.cue_audio
+        planted = latents.planted
+        product = planted["cue_text"] * planted["cue_audio"]
         text_cue = masked_mean(ds.text, ds.lengths["text"])[:, 0]
         audio_cue = masked_mean(ds.audio, ds.lengths["audio"])[:, 0]
         for speaker in np.unique(ds.speakers):
             audio_cue[ds.speakers == speaker] -= audio_cue[ds.speakers == speaker].mean()
         frames = np.arange(ds.steps["audio"])[None, :]
-        in_run = (frames >= latents.cue_run_start[:, None]) & (
-            frames < (latents.cue_run_start + latents.cue_run_length)[:, None])
+        in_run = (frames >= planted["cue_run_start"][:, None]) & (
+            frames < (planted["cue_run_start"] + planted["cue_run_length"])[:, None])
         rest = (frames < ds.lengths["audio"][:, None]) & ~in_run
         audio = ds.audio[:, :, 0]
         contrast = (audio * in_run).sum(1) / in_run.sum(1) - (audio * rest).sum(1) / rest.sum(1)
-        cue_word = ds.text[np.arange(len(product)), latents.cue_word, 0]
+        cue_word = ds.text[np.arange(len(product)), planted["cue_word"], 0]
         pooled = np.corrcoef(product, text_cue * audio_cue)[0, 1]
         steps = np.corrcoef(product, cue_word * contrast)[0, 1]
         assert 0.6 < pooled < 0.7 and 0.9 < steps < 0.95, (seed, pooled, steps)

@@ -7,6 +7,9 @@ Dataset specs for :func:`load_dataset`:
 - ``"synthetic-seq"``: :func:`make_synthetic_sequences` with the given seed (unaligned sequences with valid
   lengths, a mood drifting through each video, a planted text-step x audio-step interaction; 60 speakers,
   ``"synthetic-seq:<n>"``: n speakers);
+- ``"synthetic-fusion"``: :func:`make_synthetic_fusion` with the given seed (the same sequences, but the planted
+  interaction is two key-value lookups across modalities that pooled vectors cannot make; 60 speakers,
+  ``"synthetic-fusion:<n>"``: n speakers);
 - ``"mmsa:<absolute path to .pkl>"``: an MMSA feature pickle (read with a restricted unpickler);
 - ``"partitions:<absolute dir>"``: the server's view ``<dir>/server.npz`` written by
   :func:`write_partitions` (text and labels only), a :class:`ServerView` whose ``feature_dims``
@@ -16,7 +19,7 @@ Dataset specs for :func:`load_dataset`:
 audio/visual of width 0, their real widths in ``feature_dims``). What each spec reads for it:
 
 - "mosi-bclstm": transcripts.csv and text_*.csv only; no audio/video file is opened;
-- "synthetic", "synthetic-seq": the data is generated in full (the generator draws all modalities from one random
+- "synthetic", "synthetic-seq", "synthetic-fusion": the data is generated in full (the generator draws all modalities from one random
   stream), then audio/visual are dropped before the view is returned and cached. It is nobody's data;
 - "mmsa:<path>": the pickle holds every modality, so its bytes are read and unpickled in full (restricted
   unpickler); audio/vision are never averaged and are dropped before the function returns;
@@ -39,7 +42,8 @@ from .mosi_bclstm import load_mosi_bclstm
 from .partition import partition_indices
 from .partition_files import SERVER_FILE, load_partition, load_server_view, save_partition, write_partitions
 from .synthetic import make_synthetic
-from .synthetic_sequences import SequenceLatents, make_synthetic_sequences, synthetic_sequences_with_latents
+from .synthetic_sequences import (SequenceLatents, make_synthetic_fusion, make_synthetic_sequences,
+                                  synthetic_sequences_with_latents)
 
 __all__ = [
     "DataError",
@@ -49,6 +53,7 @@ __all__ = [
     "load_mosi_bclstm",
     "make_synthetic",
     "make_synthetic_sequences",
+    "make_synthetic_fusion",
     "synthetic_sequences_with_latents",
     "SequenceLatents",
     "load_mmsa_pickle",
@@ -69,7 +74,8 @@ __all__ = [
 VALID_FROM_TEST = frozenset({"mosi-bclstm"})
 
 DATASET_SPECS = ("mosi-bclstm", "synthetic", "synthetic:<number of speakers>", "synthetic-seq",
-                 "synthetic-seq:<number of speakers>", "mmsa:<absolute path to .pkl>", "partitions:<absolute dir>")
+                 "synthetic-seq:<number of speakers>", "synthetic-fusion", "synthetic-fusion:<number of speakers>",
+                 "mmsa:<absolute path to .pkl>", "partitions:<absolute dir>")
 
 
 @functools.lru_cache(maxsize=8)
@@ -86,7 +92,7 @@ def _load_cached(spec: str, data_dir: Path | None, seed: int, valid_fraction: fl
 
 
 def _speaker_count(spec: str, family: str) -> dict[str, int]:
-    """The generator's arguments for `spec`: none for `family` ("synthetic", "synthetic-seq": the generator's
+    """The generator's arguments for `spec`: none for `family` ("synthetic", "synthetic-seq", ...: the generator's
     default count), ``num_speakers=n`` for "<family>:<n>" (e.g. "synthetic:1500" for 1,000+ training speakers)."""
     if spec == family:
         return {}
@@ -106,6 +112,9 @@ def _read(spec: str, data_dir: Path | None, seed: int, text_only: bool) -> Multi
         return ServerView.of(full) if text_only else full
     if spec == "synthetic-seq" or spec.startswith("synthetic-seq:"):
         full = make_synthetic_sequences(seed=seed, **_speaker_count(spec, "synthetic-seq"))
+        return ServerView.of(full) if text_only else full
+    if spec == "synthetic-fusion" or spec.startswith("synthetic-fusion:"):
+        full = make_synthetic_fusion(seed=seed, **_speaker_count(spec, "synthetic-fusion"))
         return ServerView.of(full) if text_only else full
     if spec.startswith("mmsa:"):
         pkl = Path(spec[len("mmsa:") :])

@@ -1,10 +1,14 @@
-"""Seeded synthetic sequence data (dataset spec ``synthetic-seq``): unaligned frame-level modalities, a mood
-that drifts through each video, per-speaker voice/face signatures and a planted cross-modal interaction.
+"""Seeded synthetic sequence data: unaligned frame-level modalities, a mood that drifts through each video,
+per-speaker voice/face signatures and a planted cross-modal interaction, in one of two forms.
 
 Made for what sequence and context models need to show: context (the mood, shared by neighbouring
 utterances, which only a model of the video can separate from the verbal part), the private modalities (a
-paralinguistic component that text lacks), and fusion at the step level (a text step feature times an audio
-step feature; pooled vectors keep part of it too, see synthetic_sequences_with_latents).
+paralinguistic component that text lacks), and fusion at the step level:
+
+- ``synthetic-seq`` (interaction "cue-product"): a text step feature times an audio step feature; pooled
+  vectors keep part of it too (see synthetic_sequences_with_latents);
+- ``synthetic-fusion`` (interaction "key-value"): two lookups that pooled vectors cannot make, one of the
+  audio steps keyed by text and one of the visual steps keyed by audio (see make_synthetic_fusion).
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import numpy as np
 from .dataset import DataError, MultimodalDataset
 from .synthetic import direction, speaker_test_split
 
-__all__ = ["SequenceLatents", "make_synthetic_sequences", "synthetic_sequences_with_latents"]
+__all__ = ["INTERACTIONS", "SequenceLatents", "make_synthetic_fusion", "make_synthetic_sequences",
+           "synthetic_sequences_with_latents"]
+
+INTERACTIONS = ("cue-product", "key-value")
 
 # Generative-model constants (see make_synthetic_sequences' docstring).
 _MOOD_PERSISTENCE = 0.8
@@ -30,27 +37,39 @@ _VISUAL_SENTIMENT_SCALE = 0.6
 _AUDIO_SPEAKER_SCALE = 2.0
 _VISUAL_SPEAKER_SCALE = 1.5
 _CUE_SCALE = 3.0
+_AUDIO_KEY_SCALE = 1.5  # key-value: the audio key, on every audio frame
 _MIN_STEPS = {"text": 4, "audio": 8, "visual": 6}
 
 
 @dataclass(frozen=True)
 class SequenceLatents:
     """The hidden factors of :func:`synthetic_sequences_with_latents`, one entry per utterance (the dataset's
-    rows): for checking what a model could recover, never an input to one."""
+    rows): for checking what a model could recover, never an input to one.
+
+    ``interaction`` is the label's interaction term (before its weight). ``planted`` says where it was put:
+    for "cue-product", ``cue_text`` (c_t), ``cue_audio`` (c_a), ``cue_word`` (the text step that carries c_t),
+    ``cue_run_start`` and ``cue_run_length`` (the audio frames that carry c_a); for "key-value",
+    ``text_key`` and ``audio_key`` (±1), ``audio_values`` and ``visual_values`` (n x 2: the values of the
+    runs keyed +1 and -1), ``audio_runs`` and ``visual_runs`` (n x 2 first frames of those runs),
+    ``audio_run_length``, ``visual_run_length``, ``text_audio`` and ``audio_visual`` (the two lookups).
+    """
 
     mood: np.ndarray
     verbal: np.ndarray  # z_t
     para: np.ndarray  # z_p
-    cue_text: np.ndarray  # c_t
-    cue_audio: np.ndarray  # c_a
-    cue_word: np.ndarray  # the text step that carries c_t
-    cue_run_start: np.ndarray  # the first audio frame of the run that carries c_a
-    cue_run_length: np.ndarray
+    interaction: np.ndarray
+    planted: dict[str, np.ndarray]
 
 
 def make_synthetic_sequences(seed: int = 0, **options) -> MultimodalDataset:
     """The dataset of :func:`synthetic_sequences_with_latents` (same arguments), without its hidden factors."""
     return synthetic_sequences_with_latents(seed, **options)[0]
+
+
+def make_synthetic_fusion(seed: int = 0, **options) -> MultimodalDataset:
+    """The dataset spec ``synthetic-fusion``: :func:`synthetic_sequences_with_latents` with interaction
+    "key-value" (other arguments as given), without its hidden factors."""
+    return synthetic_sequences_with_latents(seed, interaction="key-value", **options)[0]
 
 
 def synthetic_sequences_with_latents(
@@ -60,8 +79,10 @@ def synthetic_sequences_with_latents(
     dims: tuple[int, int, int] = (16, 12, 12),
     steps: tuple[int, int, int] = (12, 20, 16),
     test_fraction: float = 0.25,
+    interaction: str = "cue-product",
 ) -> tuple[MultimodalDataset, SequenceLatents]:
-    """A deterministic sequence dataset (name "synthetic-seq", label_kind "regression") and its hidden factors.
+    """A deterministic sequence dataset (label_kind "regression") and its hidden factors: name "synthetic-seq"
+    with ``interaction="cue-product"``, "synthetic-fusion" with "key-value".
 
     Each speaker s has one video of ``utterances_per_speaker`` utterances in order (ids ``spk<NNN>_<k>``).
     With ``rng = np.random.default_rng(seed)``, every draw N(0, 1) unless said otherwise, for utterance k:
@@ -69,7 +90,8 @@ def synthetic_sequences_with_latents(
     - mood: ``mood[0] ~ N(0, 1)``, ``mood[k] = 0.8 mood[k-1] + 0.6 e[k]``: it drifts across the video
       (stationary variance 1, correlation 0.8 between neighbours);
     - verbal ``z_t[k]``, paralinguistic ``z_p[k]``, and two cue values ``c_t[k]``, ``c_a[k]``;
-    - label ``y = clip(1.2 (0.6 z_t + 0.5 z_p + 0.6 mood + 0.5 c_t c_a) + 0.3 e, -3, 3)``;
+    - label ``y = clip(1.2 (0.6 z_t + 0.5 z_p + 0.6 mood + 0.5 i) + 0.3 e, -3, 3)``, with the interaction
+      term ``i = c_t c_a`` ("cue-product") or the sum of two lookups ("key-value", below);
     - valid lengths, unaligned: text ``L_t ~ U{4..T_t}``, audio ``L_a ~ U{8..T_a}``, visual
       ``L_v ~ U{6..T_v}`` (``steps`` = (T_t, T_a, T_v), padding zeros);
     - text step j < L_t: ``(z_t + 0.8 mood) w_t + n``, and feature 0 of one random valid step (the cue word)
@@ -86,8 +108,30 @@ def synthetic_sequences_with_latents(
     per-speaker standardisation does), the product of the two cue features' masked means still correlates
     0.62-0.68 with c_t c_a, against 0.92-0.93 for the cue word times the cue run's contrast read from the
     steps (seeds 0-2; ``tests/test_sequences.py::test_pooling_keeps_part_of_the_planted_interaction``).
+
+    With "key-value" the cues are keys instead (``k_t = sign(c_t)``, ``k_a = sign(c_a)``), and values sit in
+    runs of steps that only the key tells apart (each run L // 4 frames, one in each half of the valid frames,
+    which half holds the +1 run drawn at random):
+
+    - text: feature 0 of the cue word is ``3 k_t`` + noise;
+    - audio: feature 2 of every valid frame carries the audio key, ``1.5 k_a``; two runs carry values
+      ``u+``, ``u-`` ~ N(0, 1): feature 1 is ``+3`` or ``-3`` (the run's key) and feature 0 ``3 u±``;
+    - visual: two runs the same way, values ``v+``, ``v-``: feature 1 the key (±3), feature 0 ``3 v±``;
+    - ``i = k_t (u+ - u-) / sqrt 2 + k_a (v+ - v-) / sqrt 2``: the audio value that the text's key selects
+      (less the other), and the visual value that the audio's key selects. Both terms have mean 0 and
+      variance 1.
+
+    A pooled vector holds ``u+ + u-`` (feature 0's mean) but not which value sits with which key, and
+    ``u+ - u-`` is independent of ``u+ + u-`` (likewise for v): mean pooling keeps nothing of either
+    lookup, while the steps hold them exactly
+    (``tests/test_sequences.py::test_pooling_loses_the_key_value_lookups``). The first is what LMR-CBT's
+    cross-modal blocks are for (text attends to audio steps), the second what CFN-SR's are for (audio's
+    summary attends over the visual steps).
+
     The split is speaker independent, as in :func:`~hydiscgan_fl.data.make_synthetic`.
     """
+    if interaction not in INTERACTIONS:
+        raise DataError(f"synthetic sequences: interaction must be one of {INTERACTIONS}, got {interaction!r}")
     if num_speakers < 2 or utterances_per_speaker < 1:
         raise DataError(f"synthetic-seq: need at least 2 speakers and 1 utterance each, got {num_speakers} and "
                         f"{utterances_per_speaker}")
@@ -117,31 +161,53 @@ def synthetic_sequences_with_latents(
         mood[row] = innovation[row] if fresh else (_MOOD_PERSISTENCE * mood[row - 1]
                                                    + np.sqrt(1 - _MOOD_PERSISTENCE**2) * innovation[row])
     z_t, z_p, c_t, c_a = rng.standard_normal((4, n))
-    signal = (_LABEL_WEIGHTS["verbal"] * z_t + _LABEL_WEIGHTS["para"] * z_p + _LABEL_WEIGHTS["mood"] * mood
-              + _LABEL_WEIGHTS["interaction"] * c_t * c_a)
-    labels = np.clip(_LABEL_SCALE * signal + _LABEL_NOISE * rng.standard_normal(n), -3.0, 3.0)
+    label_noise = rng.standard_normal(n)
 
     lengths = {name: rng.integers(_MIN_STEPS[name], count + 1, n) for name, count in zip(names, steps, strict=True)}
     frames = {name: _FRAME_NOISE * rng.standard_normal((n, count, dim))
               for name, count, dim in zip(names, steps, dims, strict=True)}
+    if interaction == "key-value":  # features 0-2 of audio, 0-1 of visual carry keys and values alone
+        w_a[:3] = w_v[:2] = 0.0
     frames["text"] += ((z_t + _TEXT_MOOD * mood)[:, None] * w_t[None, :])[:, None, :]
     frames["audio"] += (_AUDIO_SENTIMENT_SCALE * np.outer(z_p, w_a)
                         + _AUDIO_SPEAKER_SCALE * m_a[speaker_index])[:, None]
     frames["visual"] += (_VISUAL_SENTIMENT_SCALE * np.outer(z_p, w_v)
                          + _VISUAL_SPEAKER_SCALE * m_v[speaker_index])[:, None]
     cue_word = (rng.random(n) * lengths["text"]).astype(np.int64)
-    frames["text"][np.arange(n), cue_word, 0] += _CUE_SCALE * c_t
-    run = np.maximum(lengths["audio"] // 4, 1)
-    run_start = (rng.random(n) * (lengths["audio"] - run + 1)).astype(np.int64)
-    frame = np.arange(steps[1])[None, :]
-    in_run = (frame >= run_start[:, None]) & (frame < (run_start + run)[:, None])
-    frames["audio"][:, :, 0] += _CUE_SCALE * c_a[:, None] * in_run
+    if interaction == "cue-product":
+        frames["text"][np.arange(n), cue_word, 0] += _CUE_SCALE * c_t
+        run = np.maximum(lengths["audio"] // 4, 1)
+        run_start = (rng.random(n) * (lengths["audio"] - run + 1)).astype(np.int64)
+        frame = np.arange(steps[1])[None, :]
+        in_run = (frame >= run_start[:, None]) & (frame < (run_start + run)[:, None])
+        frames["audio"][:, :, 0] += _CUE_SCALE * c_a[:, None] * in_run
+        term = c_t * c_a
+        planted = {"cue_text": c_t, "cue_audio": c_a, "cue_word": cue_word, "cue_run_start": run_start,
+                   "cue_run_length": run}
+    else:
+        text_key, audio_key = np.where(c_t >= 0, 1.0, -1.0), np.where(c_a >= 0, 1.0, -1.0)
+        frames["text"][np.arange(n), cue_word, 0] += _CUE_SCALE * text_key
+        frames["audio"][:, :, 2] += _AUDIO_KEY_SCALE * audio_key[:, None] * (
+            np.arange(steps[1])[None, :] < lengths["audio"][:, None])
+        audio_values, audio_runs, audio_run = _plant_keyed_runs(rng, frames["audio"], lengths["audio"])
+        visual_values, visual_runs, visual_run = _plant_keyed_runs(rng, frames["visual"], lengths["visual"])
+        text_audio = text_key * (audio_values[:, 0] - audio_values[:, 1]) / np.sqrt(2)
+        audio_visual = audio_key * (visual_values[:, 0] - visual_values[:, 1]) / np.sqrt(2)
+        term = text_audio + audio_visual
+        planted = {"text_key": text_key, "audio_key": audio_key, "cue_word": cue_word,
+                   "audio_values": audio_values, "visual_values": visual_values, "audio_runs": audio_runs,
+                   "visual_runs": visual_runs, "audio_run_length": audio_run, "visual_run_length": visual_run,
+                   "text_audio": text_audio, "audio_visual": audio_visual}
+    signal = (_LABEL_WEIGHTS["verbal"] * z_t + _LABEL_WEIGHTS["para"] * z_p + _LABEL_WEIGHTS["mood"] * mood
+              + _LABEL_WEIGHTS["interaction"] * term)
+    labels = np.clip(_LABEL_SCALE * signal + _LABEL_NOISE * label_noise, -3.0, 3.0)
 
     split = speaker_test_split(rng, speaker_index, num_speakers, test_fraction)
     speaker_names = np.array([f"spk{s:03d}" for s in range(num_speakers)])
     ids = np.array([f"{speaker_names[s]}_{k + 1}" for s, k in zip(speaker_index.tolist(), position.tolist())])
+    name = "synthetic-seq" if interaction == "cue-product" else "synthetic-fusion"
     dataset = MultimodalDataset(
-        name="synthetic-seq",
+        name=name,
         ids=ids,
         speakers=speaker_names[speaker_index],
         text=frames["text"],  # padding is zeroed by the dataset from the lengths
@@ -153,8 +219,29 @@ def synthetic_sequences_with_latents(
         videos=speaker_names[speaker_index],
         positions=position + 1,
         lengths=lengths,
-        source=f"make_synthetic_sequences(seed={seed}, num_speakers={num_speakers}, utterances_per_speaker="
-               f"{utterances_per_speaker}, dims={dims}, steps={steps}, test_fraction={test_fraction})",
+        source=f"synthetic_sequences_with_latents(seed={seed}, num_speakers={num_speakers}, utterances_per_speaker="
+               f"{utterances_per_speaker}, dims={dims}, steps={steps}, test_fraction={test_fraction}, "
+               f"interaction={interaction!r})",
     )
-    return dataset, SequenceLatents(mood=mood, verbal=z_t, para=z_p, cue_text=c_t, cue_audio=c_a, cue_word=cue_word,
-                                    cue_run_start=run_start, cue_run_length=run)
+    return dataset, SequenceLatents(mood=mood, verbal=z_t, para=z_p, interaction=term, planted=planted)
+
+
+def _plant_keyed_runs(rng: np.random.Generator, frames: np.ndarray, lengths: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Adds, in place, two runs of ``lengths // 4`` frames to each sequence, one in each half of its valid
+    frames: feature 1 is the run's key (+3 for the first value, -3 for the second), feature 0 three times its
+    value. Returns the values (n x 2), the runs' first frames (n x 2) and the run length (n)."""
+    n, count = frames.shape[:2]
+    values = rng.standard_normal((n, 2))
+    run = np.maximum(lengths // 4, 1)
+    half = lengths // 2
+    offsets = np.stack([(rng.random(n) * (half - run + 1)).astype(np.int64),
+                        half + (rng.random(n) * (lengths - half - run + 1)).astype(np.int64)], axis=1)
+    plus_first = rng.random(n) < 0.5
+    starts = np.where(plus_first[:, None], offsets, offsets[:, ::-1])  # starts[:, 0]: the run keyed +1
+    frame = np.arange(count)[None, :]
+    for which, key in ((0, 1.0), (1, -1.0)):
+        in_run = (frame >= starts[:, which, None]) & (frame < (starts[:, which] + run)[:, None])
+        frames[:, :, 1] += _CUE_SCALE * key * in_run
+        frames[:, :, 0] += _CUE_SCALE * values[:, which, None] * in_run
+    return values, starts, run
