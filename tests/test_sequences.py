@@ -1,5 +1,5 @@
 """Sequence-level data: lengths and masks, standardisation, partition files, the server's view, the bad-data
-checks, the models' pooling, `synthetic-seq`, and an MMSA-shaped sequence pickle through a federated run."""
+checks, the models' pooling, `synthetic-seq` and `synthetic-fusion`, and an MMSA-shaped sequence pickle through a federated run."""
 
 from __future__ import annotations
 
@@ -163,12 +163,59 @@ def test_pooling_keeps_part_of_the_planted_interaction() -> None:
         assert 0.6 < pooled < 0.7 and 0.9 < steps < 0.95, (seed, pooled, steps)
 
 
+def _keyed_run_difference(frames: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """On standardised frames: the mean of feature 0 over the valid frames whose key (feature 1) reads +1, less
+    the mean over those reading -1 (a key of ±3 raw is above 1.2 standardised, unit noise below 0.5)."""
+    values, keys = frames[:, :, 0], frames[:, :, 1]
+    valid = np.arange(values.shape[1])[None, :] < lengths[:, None]
+    plus, minus = valid & (keys > 0.7), valid & (keys < -0.7)
+    return ((values * plus).sum(1) / np.maximum(plus.sum(1), 1)
+            - (values * minus).sum(1) / np.maximum(minus.sum(1), 1))
+
+
+def test_pooling_loses_the_key_value_lookups() -> None:
+    """synthetic-fusion's two lookups (text keys audio, audio keys visual), seeds 0-2: a least-squares fit on
+    the pooled vectors of all three modalities (centred per speaker) and all their pairwise products, fitted on
+    the training speakers, correlates below 0.2 with either lookup on the test speakers; reading the runs'
+    values by their keys from the steps (standardised per speaker, as the models see them), with the key from
+    the cue word (text) or the mean of feature 2 (audio), correlates above 0.7."""
+    for seed in range(3):
+        ds, latents = synthetic_sequences_with_latents(seed=seed, interaction="key-value")
+        assert ds.name == "synthetic-fusion" and ds.label_kind == "regression"
+        planted = latents.planted
+        np.testing.assert_allclose(latents.interaction, planted["text_audio"] + planted["audio_visual"])
+        pooled = np.concatenate([masked_mean(getattr(ds, name), ds.lengths[name])
+                                 for name in ("text", "audio", "visual")], axis=1)
+        for speaker in np.unique(ds.speakers):
+            pooled[ds.speakers == speaker] -= pooled[ds.speakers == speaker].mean(axis=0)
+        upper = np.triu_indices(pooled.shape[1])
+        features = np.concatenate([np.ones((len(pooled), 1)), pooled,
+                                   (pooled[:, :, None] * pooled[:, None, :])[:, upper[0], upper[1]]], axis=1)
+        train, test = ds.split == "train", ds.split == "test"
+        text_key = np.sign(ds.text[np.arange(len(pooled)), planted["cue_word"], 0])
+        audio, visual = (standardize_per_speaker(getattr(ds, name), ds.speakers, lengths=ds.lengths[name])
+                         for name in ("audio", "visual"))
+        audio_key = np.sign(masked_mean(audio, ds.lengths["audio"])[:, 2])
+        from_steps = {"text_audio": text_key * _keyed_run_difference(audio, ds.lengths["audio"]),
+                      "audio_visual": audio_key * _keyed_run_difference(visual, ds.lengths["visual"])}
+        for lookup, read in from_steps.items():
+            target = planted[lookup]
+            coef = np.linalg.lstsq(features[train], target[train], rcond=1e-6)[0]
+            from_pooled = np.corrcoef(features[test] @ coef, target[test])[0, 1]
+            from_steps_corr = np.corrcoef(read, target)[0, 1]
+            assert abs(from_pooled) < 0.2 and from_steps_corr > 0.7, (seed, lookup, from_pooled, from_steps_corr)
+
+
 def test_synthetic_seq_takes_a_speaker_count() -> None:
-    """"synthetic-seq:<n>" has n speakers of 16 utterances; the bare spec keeps the generator's 60."""
+    """"synthetic-seq:<n>" (and "synthetic-fusion:<n>") has n speakers of 16 utterances; the bare spec keeps the
+    generator's 60."""
     assert HyDiscGANConfig(dataset="synthetic-seq:240").dataset == "synthetic-seq:240"
     larger = load_dataset("synthetic-seq:12", None, 0, cached=False)
     assert len(set(larger.speakers.tolist())) == 12 and len(larger.labels) == 12 * 16
     assert len(set(load_dataset("synthetic-seq", None, 0, cached=False).speakers.tolist())) == 60
+    assert HyDiscGANConfig(dataset="synthetic-fusion:30").dataset == "synthetic-fusion:30"
+    fusion = load_dataset("synthetic-fusion:12", None, 0, cached=False)
+    assert fusion.name == "synthetic-fusion" and len(fusion.labels) == 12 * 16
     with pytest.raises(DataError, match="'synthetic-seq:<number of speakers, at least 2>'"):
         load_dataset("synthetic-seq:1", None, 0, cached=False)
 
