@@ -8,7 +8,7 @@ import importlib
 import sys
 
 SUBCOMMAND_MODULES: tuple[str, ...] = ("partitions", "bench", "byzantine", "privacy_sweep", "evolve", "scale",
-                                      "secagg_cost", "model_cost", "model_selection")
+                                      "secagg_cost", "model_cost", "model_selection", "lookup_probe")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from hydiscgan_fl.config import HyDiscGANConfig
+from hydiscgan_fl.data import MultimodalDataset
 from hydiscgan_fl.metrics import ValidationSelection, summary_metrics
 from hydiscgan_fl.models import (
     ConditionalGenerator,
@@ -77,14 +78,16 @@ def generated_features(generator: ConditionalGenerator, text: torch.Tensor) -> n
 
 
 def run_central(method: str, cfg: HyDiscGANConfig, progress: Progress | None = None,
-                test_subsets: Mapping[str, tuple[str, ...]] | None = None) -> CentralResult:
+                test_subsets: Mapping[str, tuple[str, ...]] | None = None,
+                dataset: MultimodalDataset | None = None) -> CentralResult:
     """Train and test one central method on cfg.dataset with seed cfg.seed. `test_subsets` (name ->
     modalities) also tests each step with only those modalities present (`UtteranceTensors.only`), as metrics
     `<metric>@<name>`, and validates it likewise (`valid_<metric>@<name>`, at the same selected step); a method
-    that predicts from text alone scores NaN where the subset has no text."""
+    that predicts from text alone scores NaN where the subset has no text. `dataset`, when given, replaces
+    cfg.dataset's (a diagnostic that changes its labels: orchestration.lookup_probe)."""
     if method not in CENTRAL_METHODS:
         raise ValueError(f"unknown central method {method!r}; use one of {list(CENTRAL_METHODS)}")
-    dataset = cfg.load_dataset()
+    dataset = cfg.load_dataset() if dataset is None else dataset
     device = pick_device()
     train = to_tensors(dataset.split_subset("train"), device, tensor_view(cfg))
     valid = to_tensors(dataset.split_subset("valid"), device, tensor_view(cfg))
