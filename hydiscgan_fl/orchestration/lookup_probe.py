@@ -10,7 +10,7 @@ its regression target in place of the label, so that nothing else competes for i
 the validation speakers' MAE, as in every run; the figure is the test corr with the lookup there. Near 0: the
 model does not form that lookup within the budget.
 
-Writes DIR/lookups.csv (one row per model, lookup and seed) and DIR/lookups.md.
+Writes DIR/lookups.csv (one row per model, lookup and seed, rewritten after each) and DIR/lookups.md.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def lookup_dataset(cfg: HyDiscGANConfig, lookup: str) -> MultimodalDataset:
 
 def run(args: argparse.Namespace) -> int:
     rows = []
+    args.out.mkdir(parents=True, exist_ok=True)
     try:
         if args.seeds < 1:
             raise ConfigError("--seeds must be >= 1")
@@ -78,14 +79,13 @@ def run(args: argparse.Namespace) -> int:
                         rows.append({"model": model, "lookup": lookup, "seed": seed,
                                      "selected_epoch": result.selected_step, "corr": result.metrics["corr"],
                                      "valid_corr": result.valid_metrics["corr"]})
+                        pd.DataFrame(rows).to_csv(args.out / "lookups.csv", index=False)  # kept if interrupted
                         print(f"[{model} {lookup} seed {seed}] selected epoch {result.selected_step}: test corr "
                               f"{result.metrics['corr']:.3f}", flush=True)
     except (ConfigError, DataError, ValueError) as err:
         print(f"hydiscgan probe-lookups: error: {err}", file=sys.stderr)
         return 2
     table = pd.DataFrame(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out / "lookups.csv", index=False)
     lines = [f"# Can each model form synthetic-fusion's lookups? {args.dataset}", "",
              f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {machine()}",
              f"- central-multimodal with one lookup as the target, {base.rounds_msa * base.local_epochs} epochs, "
