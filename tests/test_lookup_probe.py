@@ -25,7 +25,7 @@ def test_the_target_is_the_lookup_and_the_split_is_the_runs() -> None:
 def test_the_command_writes_one_row_per_model_lookup_and_seed(tmp_path) -> None:
     out = tmp_path / "lookups"
     assert cli.main(["probe-lookups", "--dataset", "synthetic-fusion:8", "--msa-models", "mlp,cfn-sr",
-                     "--rounds-msa", "1", "--local-epochs", "1", "--out", str(out)]) == 0
+                     "--rounds-msa", "1", "--local-epochs", "1", "--seeds", "1", "--out", str(out)]) == 0
     table = pd.read_csv(out / "lookups.csv")
     assert list(zip(table["model"], table["lookup"])) == [(m, lookup) for m in ("mlp", "cfn-sr") for lookup in LOOKUPS]
     assert table["corr"].notna().all() and "| cfn-sr | " in (out / "lookups.md").read_text()

@@ -1,5 +1,6 @@
 """Sequence-level data: lengths and masks, standardisation, partition files, the server's view, the bad-data
-checks, the models' pooling, `synthetic-seq` and `synthetic-fusion`, and an MMSA-shaped sequence pickle through a federated run."""
+checks, the models' pooling, `synthetic-seq` and `synthetic-fusion`, and an MMSA-shaped sequence pickle
+through a federated run."""
 
 from __future__ import annotations
 

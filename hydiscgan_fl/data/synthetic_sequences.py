@@ -25,7 +25,7 @@ __all__ = ["INTERACTIONS", "SequenceLatents", "make_synthetic_fusion", "make_syn
 
 INTERACTIONS = ("cue-product", "key-value")
 
-# Generative-model constants (see make_synthetic_sequences' docstring).
+# Generative-model constants (see synthetic_sequences_with_latents' docstring).
 _MOOD_PERSISTENCE = 0.8
 _LABEL_WEIGHTS = {"verbal": 0.6, "para": 0.5, "mood": 0.6, "interaction": 0.5}
 _LOOKUP_WEIGHT = 0.6  # key-value: each lookup weighs as much as the verbal part
@@ -50,9 +50,10 @@ class SequenceLatents:
     ``interaction`` is the label's interaction term (before its weight). ``planted`` says where it was put:
     for "cue-product", ``cue_text`` (c_t), ``cue_audio`` (c_a), ``cue_word`` (the text step that carries c_t),
     ``cue_run_start`` and ``cue_run_length`` (the audio frames that carry c_a); for "key-value",
-    ``text_key`` and ``audio_key`` (±1), ``audio_values`` and ``visual_values`` (n x 2: the values of the
-    runs keyed +1 and -1), ``audio_runs`` and ``visual_runs`` (n x 2 first frames of those runs),
-    ``audio_run_length``, ``visual_run_length``, ``text_audio`` and ``audio_visual`` (the two lookups).
+    ``text_key`` and ``audio_key`` (±1), ``cue_word`` (the text step that carries the text key),
+    ``audio_values`` and ``visual_values`` (n x 2: the values of the runs keyed +1 and -1), ``audio_runs`` and
+    ``visual_runs`` (n x 2 first frames of those runs), ``audio_run_length``, ``visual_run_length``,
+    ``text_audio`` and ``audio_visual`` (the two lookups).
     """
 
     mood: np.ndarray
@@ -121,7 +122,8 @@ def synthetic_sequences_with_latents(
     - visual: two runs the same way, values ``v+``, ``v-``: feature 1 the key (±3), feature 0 ``3 v±``;
     - ``i = k_t (u+ - u-) / sqrt 2 + k_a (v+ - v-) / sqrt 2``: the audio value that the text's key selects
       (less the other), and the visual value that the audio's key selects. Both terms have mean 0 and
-      variance 1; without them the label's corr with the rest is about 0.74 (0.88 with either one).
+      variance 1. The label's corr with what remains without both lookups is about 0.74, without one of
+      them about 0.88.
 
     A pooled vector holds ``u+ + u-`` (feature 0's mean) but not which value sits with which key, and
     ``u+ - u-`` is independent of ``u+ + u-`` (likewise for v): mean pooling keeps nothing of either

@@ -1,6 +1,6 @@
 """`hydiscgan probe-lookups`: can an MSA model form `synthetic-fusion`'s planted lookups at all?
 
-    hydiscgan probe-lookups --dataset synthetic-fusion:240 --msa-models mlp,lmr-cbt,lmr-cbt-nocross,cfn-sr,cfn-sr-nores --rounds-msa 20 --seeds 1
+    hydiscgan probe-lookups --dataset synthetic-fusion:240 --rounds-msa 20 --seeds 5 --out DIR
 
 A diagnostic for the fusion benchmark. In `synthetic-fusion` the label holds two lookups that pooled vectors
 cannot make (hydiscgan_fl.data.synthetic_sequences): "text_audio", the audio value keyed by the text, and
@@ -42,7 +42,7 @@ def register(subparsers) -> None:
                         help="a synthetic-fusion[:<speakers>] spec (default: %(default)s)")
     parser.add_argument("--msa-models", type=msa_model_list, default="mlp,lmr-cbt,lmr-cbt-nocross,cfn-sr,cfn-sr-nores",
                         help="comma-separated MSA models, as for bench (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: %(default)s)")
     add_schedule_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("bench-out/lookups"),
                         help="output folder (default: %(default)s)")
