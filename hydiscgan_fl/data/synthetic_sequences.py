@@ -130,7 +130,10 @@ def synthetic_sequences_with_latents(
     lookup, while the steps hold them exactly
     (``tests/test_sequences.py::test_pooling_loses_the_key_value_lookups``). The first is what LMR-CBT's
     cross-modal blocks are for (text attends to audio steps), the second what CFN-SR's are for (audio's
-    summary attends over the visual steps).
+    summary attends over the visual steps). Cross-modal attention is not the only way, though: a key takes
+    two values, so each lookup is also the key times a summary of the other modality that is nonlinear per
+    step (feature 0 signed by feature 1, averaged over the frames), which a model that transforms each step
+    nonlinearly before pooling can form (``hydiscgan probe-lookups`` measures who does).
 
     The split is speaker independent, as in :func:`~hydiscgan_fl.data.make_synthetic`.
     """
