@@ -92,6 +92,11 @@ def _load_cached(spec: str, data_dir: Path | None, seed: int, valid_fraction: fl
     return with_validation_speakers(dataset, valid_fraction, seed, valid_from)
 
 
+# Generated dataset families: "<family>" or "<family>:<number of speakers>".
+_GENERATORS = {"synthetic": make_synthetic, "synthetic-seq": make_synthetic_sequences,
+               "synthetic-fusion": make_synthetic_fusion}
+
+
 def _speaker_count(spec: str, family: str) -> dict[str, int]:
     """The generator's arguments for `spec`: none for `family` ("synthetic", "synthetic-seq", ...: the generator's
     default count), ``num_speakers=n`` for "<family>:<n>" (e.g. "synthetic:1500" for 1,000+ training speakers)."""
@@ -108,14 +113,9 @@ def _read(spec: str, data_dir: Path | None, seed: int, text_only: bool) -> Multi
         if data_dir is None:
             raise DataError("dataset 'mosi-bclstm' needs the data directory that holds mosi-bclstm/")
         return load_mosi_bclstm(data_dir / "mosi-bclstm", text_only=text_only)
-    if spec == "synthetic" or spec.startswith("synthetic:"):
-        full = make_synthetic(seed=seed, **_speaker_count(spec, "synthetic"))
-        return ServerView.of(full) if text_only else full
-    if spec == "synthetic-seq" or spec.startswith("synthetic-seq:"):
-        full = make_synthetic_sequences(seed=seed, **_speaker_count(spec, "synthetic-seq"))
-        return ServerView.of(full) if text_only else full
-    if spec == "synthetic-fusion" or spec.startswith("synthetic-fusion:"):
-        full = make_synthetic_fusion(seed=seed, **_speaker_count(spec, "synthetic-fusion"))
+    family = spec.split(":", 1)[0]
+    if family in _GENERATORS:
+        full = _GENERATORS[family](seed=seed, **_speaker_count(spec, family))
         return ServerView.of(full) if text_only else full
     if spec.startswith("mmsa:"):
         pkl = Path(spec[len("mmsa:") :])

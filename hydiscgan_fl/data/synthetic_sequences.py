@@ -18,12 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dataset import DataError, MultimodalDataset
+from .sequences import valid_steps
 from .synthetic import direction, speaker_test_split
 
 __all__ = ["INTERACTIONS", "SequenceLatents", "make_synthetic_fusion", "make_synthetic_sequences",
            "synthetic_sequences_with_latents"]
 
-INTERACTIONS = ("cue-product", "key-value")
+INTERACTIONS = {"cue-product": "synthetic-seq", "key-value": "synthetic-fusion"}  # -> the dataset's name
 
 # Generative-model constants (see synthetic_sequences_with_latents' docstring).
 _MOOD_PERSISTENCE = 0.8
@@ -138,17 +139,18 @@ def synthetic_sequences_with_latents(
     The split is speaker independent, as in :func:`~hydiscgan_fl.data.make_synthetic`.
     """
     if interaction not in INTERACTIONS:
-        raise DataError(f"synthetic sequences: interaction must be one of {INTERACTIONS}, got {interaction!r}")
+        raise DataError(f"synthetic sequences: interaction must be one of {list(INTERACTIONS)}, got {interaction!r}")
+    dataset_name = INTERACTIONS[interaction]
     if num_speakers < 2 or utterances_per_speaker < 1:
-        raise DataError(f"synthetic-seq: need at least 2 speakers and 1 utterance each, got {num_speakers} and "
+        raise DataError(f"{dataset_name}: need at least 2 speakers and 1 utterance each, got {num_speakers} and "
                         f"{utterances_per_speaker}")
     names = ("text", "audio", "visual")
     for name, dim, count in zip(names, dims, steps, strict=True):
         if dim < 2 or count < _MIN_STEPS[name]:
-            raise DataError(f"synthetic-seq: {name} needs at least 2 features and {_MIN_STEPS[name]} steps, got "
+            raise DataError(f"{dataset_name}: {name} needs at least 2 features and {_MIN_STEPS[name]} steps, got "
                             f"{dim} and {count}")
     if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"synthetic-seq: test_fraction must be in (0, 1), got {test_fraction}")
+        raise DataError(f"{dataset_name}: test_fraction must be in (0, 1), got {test_fraction}")
 
     rng = np.random.default_rng(seed)
     n = num_speakers * utterances_per_speaker
@@ -185,27 +187,23 @@ def synthetic_sequences_with_latents(
         frames["text"][np.arange(n), cue_word, 0] += _CUE_SCALE * c_t
         run = np.maximum(lengths["audio"] // 4, 1)
         run_start = (rng.random(n) * (lengths["audio"] - run + 1)).astype(np.int64)
-        frame = np.arange(steps[1])[None, :]
-        in_run = (frame >= run_start[:, None]) & (frame < (run_start + run)[:, None])
-        frames["audio"][:, :, 0] += _CUE_SCALE * c_a[:, None] * in_run
-        term = c_t * c_a
+        frames["audio"][:, :, 0] += _CUE_SCALE * c_a[:, None] * _in_run(run_start, run, steps[1])
+        term, weight = c_t * c_a, _LABEL_WEIGHTS["interaction"]
         planted = {"cue_text": c_t, "cue_audio": c_a, "cue_word": cue_word, "cue_run_start": run_start,
                    "cue_run_length": run}
     else:
         text_key, audio_key = np.where(c_t >= 0, 1.0, -1.0), np.where(c_a >= 0, 1.0, -1.0)
         frames["text"][np.arange(n), cue_word, 0] += _CUE_SCALE * text_key
-        frames["audio"][:, :, 2] += _AUDIO_KEY_SCALE * audio_key[:, None] * (
-            np.arange(steps[1])[None, :] < lengths["audio"][:, None])
+        frames["audio"][:, :, 2] += _AUDIO_KEY_SCALE * audio_key[:, None] * valid_steps(lengths["audio"], steps[1])
         audio_values, audio_runs, audio_run = _plant_keyed_runs(rng, frames["audio"], lengths["audio"])
         visual_values, visual_runs, visual_run = _plant_keyed_runs(rng, frames["visual"], lengths["visual"])
         text_audio = text_key * (audio_values[:, 0] - audio_values[:, 1]) / np.sqrt(2)
         audio_visual = audio_key * (visual_values[:, 0] - visual_values[:, 1]) / np.sqrt(2)
-        term = text_audio + audio_visual
+        term, weight = text_audio + audio_visual, _LOOKUP_WEIGHT
         planted = {"text_key": text_key, "audio_key": audio_key, "cue_word": cue_word,
                    "audio_values": audio_values, "visual_values": visual_values, "audio_runs": audio_runs,
                    "visual_runs": visual_runs, "audio_run_length": audio_run, "visual_run_length": visual_run,
                    "text_audio": text_audio, "audio_visual": audio_visual}
-    weight = _LABEL_WEIGHTS["interaction"] if interaction == "cue-product" else _LOOKUP_WEIGHT
     signal = (_LABEL_WEIGHTS["verbal"] * z_t + _LABEL_WEIGHTS["para"] * z_p + _LABEL_WEIGHTS["mood"] * mood
               + weight * term)
     labels = np.clip(_LABEL_SCALE * signal + _LABEL_NOISE * label_noise, -3.0, 3.0)
@@ -213,9 +211,8 @@ def synthetic_sequences_with_latents(
     split = speaker_test_split(rng, speaker_index, num_speakers, test_fraction)
     speaker_names = np.array([f"spk{s:03d}" for s in range(num_speakers)])
     ids = np.array([f"{speaker_names[s]}_{k + 1}" for s, k in zip(speaker_index.tolist(), position.tolist())])
-    name = "synthetic-seq" if interaction == "cue-product" else "synthetic-fusion"
     dataset = MultimodalDataset(
-        name=name,
+        name=dataset_name,
         ids=ids,
         speakers=speaker_names[speaker_index],
         text=frames["text"],  # padding is zeroed by the dataset from the lengths
@@ -247,9 +244,14 @@ def _plant_keyed_runs(rng: np.random.Generator, frames: np.ndarray, lengths: np.
                         half + (rng.random(n) * (lengths - half - run + 1)).astype(np.int64)], axis=1)
     plus_first = rng.random(n) < 0.5
     starts = np.where(plus_first[:, None], offsets, offsets[:, ::-1])  # starts[:, 0]: the run keyed +1
-    frame = np.arange(count)[None, :]
     for which, key in ((0, 1.0), (1, -1.0)):
-        in_run = (frame >= starts[:, which, None]) & (frame < (starts[:, which] + run)[:, None])
+        in_run = _in_run(starts[:, which], run, count)
         frames[:, :, 1] += _CUE_SCALE * key * in_run
         frames[:, :, 0] += _CUE_SCALE * values[:, which, None] * in_run
     return values, starts, run
+
+
+def _in_run(start: np.ndarray, length: np.ndarray, count: int) -> np.ndarray:
+    """(n, count) bool: True on frames start[i] .. start[i] + length[i] - 1 of row i."""
+    frame = np.arange(count)[None, :]
+    return (frame >= start[:, None]) & (frame < (start + length)[:, None])
