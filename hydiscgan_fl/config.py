@@ -223,7 +223,7 @@ class HyDiscGANConfig(BaseModel):
             if value.startswith("openface:") and not Path(value[9:]).is_absolute():
                 raise ValueError(f"openface dataset needs an absolute folder (au/, labels/), got {value!r}")
             return value
-        if value == "mosi-bclstm" or re.fullmatch(r"synthetic(-seq|-fusion)?(:\d+)?", value):
+        if value == "mosi-bclstm" or re.fullmatch(r"synthetic(-seq|-fusion|-shared)?(:\d+)?", value):
             return value
         if value.startswith("mmsa:"):
             if not Path(value[5:]).is_absolute():
@@ -234,7 +234,7 @@ class HyDiscGANConfig(BaseModel):
                 raise ValueError(f"partitions dataset needs an absolute folder holding server.npz, got {value!r}")
             return value
         raise ValueError(f"unknown dataset {value!r}; use 'mosi-bclstm', 'synthetic', 'synthetic:<speakers>', 'synthetic-seq[:<speakers>]', "
-                         "'synthetic-fusion[:<speakers>]', "
+                         "'synthetic-fusion[:<speakers>]', 'synthetic-shared[:<speakers>]', "
                          "'mmsa:/abs/path.pkl', "
                          "'partitions:/abs/dir' or, for task 'affect', 'affect-synthetic[:<participants>]' or "
                          "'openface:/abs/dir'")

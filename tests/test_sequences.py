@@ -1,6 +1,6 @@
 """Sequence-level data: lengths and masks, standardisation, partition files, the server's view, the bad-data
-checks, the models' pooling, `synthetic-seq` and `synthetic-fusion`, and an MMSA-shaped sequence pickle
-through a federated run."""
+checks, the models' pooling, `synthetic-seq`, `synthetic-fusion` and `synthetic-shared`, and an MMSA-shaped
+sequence pickle through a federated run."""
 
 from __future__ import annotations
 
@@ -207,8 +207,31 @@ def test_pooling_loses_the_key_value_lookups() -> None:
             assert abs(from_pooled) < 0.2 and from_steps_corr > 0.7, (seed, lookup, from_pooled, from_steps_corr)
 
 
+def test_every_modality_holds_the_shared_factor() -> None:
+    """synthetic-shared, seeds 0-2: the same videos, lengths and split as synthetic-seq, each modality's steps
+    moved by one fixed direction times z_s (to float32 rounding), and a linear fit on any one modality's pooled steps (standardised
+    per speaker, fitted on the training speakers) correlates above 0.8 with z_s on the test speakers."""
+    for seed in range(3):
+        ds, latents = synthetic_sequences_with_latents(seed=seed, shared_factor=True)
+        base = make_synthetic_sequences(seed=seed)
+        assert ds.name == "synthetic-shared" and base.name == "synthetic-seq"
+        np.testing.assert_array_equal(ds.split, base.split)
+        train, test = ds.split == "train", ds.split == "test"
+        for name in ("text", "audio", "visual"):
+            np.testing.assert_array_equal(ds.lengths[name], base.lengths[name])
+            moved = (getattr(ds, name) - getattr(base, name))[np.arange(len(ds.labels)), 0]  # first step
+            assert np.linalg.matrix_rank(moved, tol=1e-3) == 1 and np.allclose(moved[:, 0], 0.0, atol=1e-5)
+            steps = standardize_per_speaker(getattr(ds, name), ds.speakers, lengths=ds.lengths[name])
+            pooled = masked_mean(steps, ds.lengths[name])
+            features = np.concatenate([np.ones((len(pooled), 1)), pooled], axis=1)
+            coef = np.linalg.lstsq(features[train], latents.shared[train], rcond=None)[0]
+            assert np.corrcoef(features[test] @ coef, latents.shared[test])[0, 1] > 0.8, (seed, name)
+    with pytest.raises(DataError, match="built on interaction 'cue-product'"):
+        synthetic_sequences_with_latents(seed=0, interaction="key-value", shared_factor=True)
+
+
 def test_synthetic_seq_takes_a_speaker_count() -> None:
-    """"synthetic-seq:<n>" (and "synthetic-fusion:<n>") has n speakers of 16 utterances; the bare spec keeps the
+    """"synthetic-seq:<n>" (and "synthetic-fusion:<n>", "synthetic-shared:<n>") has n speakers of 16 utterances; the bare spec keeps the
     generator's 60."""
     assert HyDiscGANConfig(dataset="synthetic-seq:240").dataset == "synthetic-seq:240"
     larger = load_dataset("synthetic-seq:12", None, 0, cached=False)
@@ -217,6 +240,9 @@ def test_synthetic_seq_takes_a_speaker_count() -> None:
     assert HyDiscGANConfig(dataset="synthetic-fusion:30").dataset == "synthetic-fusion:30"
     fusion = load_dataset("synthetic-fusion:12", None, 0, cached=False)
     assert fusion.name == "synthetic-fusion" and len(fusion.labels) == 12 * 16
+    assert HyDiscGANConfig(dataset="synthetic-shared:30").dataset == "synthetic-shared:30"
+    shared = load_dataset("synthetic-shared:12", None, 0, cached=False)
+    assert shared.name == "synthetic-shared" and len(shared.labels) == 12 * 16
     with pytest.raises(DataError, match="'synthetic-seq:<number of speakers, at least 2>'"):
         load_dataset("synthetic-seq:1", None, 0, cached=False)
 

@@ -10,6 +10,9 @@ Dataset specs for :func:`load_dataset`:
 - ``"synthetic-fusion"``: :func:`make_synthetic_fusion` with the given seed (the same sequences, but the planted
   interaction is two key-value lookups across modalities that pooled vectors cannot make; 60 speakers,
   ``"synthetic-fusion:<n>"``: n speakers);
+- ``"synthetic-shared"``: :func:`make_synthetic_shared` with the given seed (``synthetic-seq`` plus a factor
+  that every modality expresses and the label weighs most, for missing-modality recovery; 60 speakers,
+  ``"synthetic-shared:<n>"``: n speakers);
 - ``"mmsa:<absolute path to .pkl>"``: an MMSA feature pickle (read with a restricted unpickler);
 - ``"partitions:<absolute dir>"``: the server's view ``<dir>/server.npz`` written by
   :func:`write_partitions` (text and labels only), a :class:`ServerView` whose ``feature_dims``
@@ -19,7 +22,7 @@ Dataset specs for :func:`load_dataset`:
 audio/visual of width 0, their real widths in ``feature_dims``). What each spec reads for it:
 
 - "mosi-bclstm": transcripts.csv and text_*.csv only; no audio/video file is opened;
-- "synthetic", "synthetic-seq", "synthetic-fusion": the data is generated in full (the generator draws all
+- "synthetic", "synthetic-seq", "synthetic-fusion", "synthetic-shared": the data is generated in full (the generator draws all
   modalities from one random stream), then audio/visual are dropped before the view is returned and cached.
   It is nobody's data;
 - "mmsa:<path>": the pickle holds every modality, so its bytes are read and unpickled in full (restricted
@@ -44,7 +47,7 @@ from .partition import partition_indices
 from .partition_files import SERVER_FILE, load_partition, load_server_view, save_partition, write_partitions
 from .synthetic import make_synthetic
 from .synthetic_sequences import (SequenceLatents, make_synthetic_fusion, make_synthetic_sequences,
-                                  synthetic_sequences_with_latents)
+                                  make_synthetic_shared, synthetic_sequences_with_latents)
 
 __all__ = [
     "DataError",
@@ -55,6 +58,7 @@ __all__ = [
     "make_synthetic",
     "make_synthetic_sequences",
     "make_synthetic_fusion",
+    "make_synthetic_shared",
     "synthetic_sequences_with_latents",
     "SequenceLatents",
     "load_mmsa_pickle",
@@ -76,6 +80,7 @@ VALID_FROM_TEST = frozenset({"mosi-bclstm"})
 
 DATASET_SPECS = ("mosi-bclstm", "synthetic", "synthetic:<number of speakers>", "synthetic-seq",
                  "synthetic-seq:<number of speakers>", "synthetic-fusion", "synthetic-fusion:<number of speakers>",
+                 "synthetic-shared", "synthetic-shared:<number of speakers>",
                  "mmsa:<absolute path to .pkl>", "partitions:<absolute dir>")
 
 
@@ -94,7 +99,7 @@ def _load_cached(spec: str, data_dir: Path | None, seed: int, valid_fraction: fl
 
 # Generated dataset families: "<family>" or "<family>:<number of speakers>".
 _GENERATORS = {"synthetic": make_synthetic, "synthetic-seq": make_synthetic_sequences,
-               "synthetic-fusion": make_synthetic_fusion}
+               "synthetic-fusion": make_synthetic_fusion, "synthetic-shared": make_synthetic_shared}
 
 
 def _speaker_count(spec: str, family: str) -> dict[str, int]:

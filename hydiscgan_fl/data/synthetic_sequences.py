@@ -8,7 +8,10 @@ paralinguistic component that text lacks), and fusion at the step level:
 - ``synthetic-seq`` (interaction "cue-product"): a text step feature times an audio step feature; pooled
   vectors keep part of it too (see synthetic_sequences_with_latents);
 - ``synthetic-fusion`` (interaction "key-value"): two lookups that pooled vectors cannot make, one of the
-  audio steps keyed by text and one of the visual steps keyed by audio (see make_synthetic_fusion).
+  audio steps keyed by text and one of the visual steps keyed by audio (see make_synthetic_fusion);
+- ``synthetic-shared``: ``synthetic-seq`` plus a factor that all three modalities express and the label
+  weighs most, the modality-homogeneous semantics that missing-modality recovery (FSRF) is built for (see
+  make_synthetic_shared).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from .sequences import valid_steps
 from .synthetic import direction, speaker_test_split
 
 __all__ = ["INTERACTIONS", "SequenceLatents", "make_synthetic_fusion", "make_synthetic_sequences",
-           "synthetic_sequences_with_latents"]
+           "make_synthetic_shared", "synthetic_sequences_with_latents"]
 
 INTERACTIONS = {"cue-product": "synthetic-seq", "key-value": "synthetic-fusion"}  # -> the dataset's name
 
@@ -30,6 +33,8 @@ INTERACTIONS = {"cue-product": "synthetic-seq", "key-value": "synthetic-fusion"}
 _MOOD_PERSISTENCE = 0.8
 _LABEL_WEIGHTS = {"verbal": 0.6, "para": 0.5, "mood": 0.6, "interaction": 0.5}
 _LOOKUP_WEIGHT = 0.6  # key-value: each lookup weighs as much as the verbal part
+_SHARED_WEIGHT = 1.0  # shared factor: the label's largest part
+_SHARED_SCALE = 0.8  # shared factor: its size on every step of each modality
 _LABEL_SCALE = 1.2
 _LABEL_NOISE = 0.3
 _TEXT_MOOD = 0.8
@@ -62,6 +67,7 @@ class SequenceLatents:
     para: np.ndarray  # z_p
     interaction: np.ndarray
     planted: dict[str, np.ndarray]
+    shared: np.ndarray | None = None  # z_s, with shared_factor
 
 
 def make_synthetic_sequences(seed: int = 0, **options) -> MultimodalDataset:
@@ -75,6 +81,12 @@ def make_synthetic_fusion(seed: int = 0, **options) -> MultimodalDataset:
     return synthetic_sequences_with_latents(seed, interaction="key-value", **options)[0]
 
 
+def make_synthetic_shared(seed: int = 0, **options) -> MultimodalDataset:
+    """The dataset spec ``synthetic-shared``: :func:`synthetic_sequences_with_latents` with ``shared_factor``
+    (other arguments as given), without its hidden factors."""
+    return synthetic_sequences_with_latents(seed, shared_factor=True, **options)[0]
+
+
 def synthetic_sequences_with_latents(
     seed: int = 0,
     num_speakers: int = 60,
@@ -83,9 +95,11 @@ def synthetic_sequences_with_latents(
     steps: tuple[int, int, int] = (12, 20, 16),
     test_fraction: float = 0.25,
     interaction: str = "cue-product",
+    shared_factor: bool = False,
 ) -> tuple[MultimodalDataset, SequenceLatents]:
     """A deterministic sequence dataset (label_kind "regression") and its hidden factors: name "synthetic-seq"
-    with ``interaction="cue-product"``, "synthetic-fusion" with "key-value".
+    with ``interaction="cue-product"``, "synthetic-fusion" with "key-value", "synthetic-shared" with
+    "cue-product" and ``shared_factor``.
 
     Each speaker s has one video of ``utterances_per_speaker`` utterances in order (ids ``spk<NNN>_<k>``).
     With ``rng = np.random.default_rng(seed)``, every draw N(0, 1) unless said otherwise, for utterance k:
@@ -136,11 +150,24 @@ def synthetic_sequences_with_latents(
     step (feature 0 signed by feature 1, averaged over the frames), which a model that transforms each step
     nonlinearly before pooling can form (``hydiscgan probe-lookups`` measures who does).
 
+    With ``shared_factor`` one more factor ``z_s`` is drawn per utterance (after every other draw, so the
+    rest is the same as without it), added to every step of each modality as ``0.8 z_s u_m`` (``u_m``
+    a fixed unit direction per modality, zero on the cue feature 0) and to the label's signal as ``1.0 z_s``,
+    its largest part (about 45% of the signal variance). Each modality alone then holds z_s (its pooled
+    steps, fitted linearly, correlate above 0.8 with it on the test speakers,
+    ``tests/test_sequences.py::test_every_modality_holds_the_shared_factor``), so a missing modality's share
+    of it can be recovered from any other; z_p stays in audio/visual only and z_t, the mood and the cue in
+    text. The generative model that FSRF's factorisation into modality-homogeneous and -specific parts
+    assumes.
+
     The split is speaker independent, as in :func:`~hydiscgan_fl.data.make_synthetic`.
     """
     if interaction not in INTERACTIONS:
         raise DataError(f"synthetic sequences: interaction must be one of {list(INTERACTIONS)}, got {interaction!r}")
-    dataset_name = INTERACTIONS[interaction]
+    if shared_factor and interaction != "cue-product":
+        raise DataError(f"synthetic sequences: the shared factor is built on interaction 'cue-product', got "
+                        f"{interaction!r}")
+    dataset_name = "synthetic-shared" if shared_factor else INTERACTIONS[interaction]
     if num_speakers < 2 or utterances_per_speaker < 1:
         raise DataError(f"{dataset_name}: need at least 2 speakers and 1 utterance each, got {num_speakers} and "
                         f"{utterances_per_speaker}")
@@ -206,9 +233,17 @@ def synthetic_sequences_with_latents(
                    "text_audio": text_audio, "audio_visual": audio_visual}
     signal = (_LABEL_WEIGHTS["verbal"] * z_t + _LABEL_WEIGHTS["para"] * z_p + _LABEL_WEIGHTS["mood"] * mood
               + weight * term)
+    split = speaker_test_split(rng, speaker_index, num_speakers, test_fraction)
+    z_s = None
+    if shared_factor:  # drawn last: everything else is the same as without it
+        z_s = rng.standard_normal(n)
+        for name, dim in zip(names, dims, strict=True):
+            u = direction(rng, dim, dim)
+            u[0] = 0.0  # the cue feature stands apart
+            frames[name] += (_SHARED_SCALE * np.outer(z_s, u / np.linalg.norm(u)))[:, None]
+        signal = signal + _SHARED_WEIGHT * z_s
     labels = np.clip(_LABEL_SCALE * signal + _LABEL_NOISE * label_noise, -3.0, 3.0)
 
-    split = speaker_test_split(rng, speaker_index, num_speakers, test_fraction)
     speaker_names = np.array([f"spk{s:03d}" for s in range(num_speakers)])
     ids = np.array([f"{speaker_names[s]}_{k + 1}" for s, k in zip(speaker_index.tolist(), position.tolist())])
     dataset = MultimodalDataset(
@@ -226,9 +261,9 @@ def synthetic_sequences_with_latents(
         lengths=lengths,
         source=f"synthetic_sequences_with_latents(seed={seed}, num_speakers={num_speakers}, utterances_per_speaker="
                f"{utterances_per_speaker}, dims={dims}, steps={steps}, test_fraction={test_fraction}, "
-               f"interaction={interaction!r})",
+               f"interaction={interaction!r}, shared_factor={shared_factor})",
     )
-    return dataset, SequenceLatents(mood=mood, verbal=z_t, para=z_p, interaction=term, planted=planted)
+    return dataset, SequenceLatents(mood=mood, verbal=z_t, para=z_p, interaction=term, planted=planted, shared=z_s)
 
 
 def _plant_keyed_runs(rng: np.random.Generator, frames: np.ndarray, lengths: np.ndarray
