@@ -257,6 +257,9 @@ def test_the_missing_modality_grid_tests_every_subset_and_resumes(tmp_path, monk
     assert fsrf["valid_acc2"].notna().all()  # each subset also on the validation speakers, to choose settings
     report = (out / "summary.md").read_text()
     assert "| fsrf − fsrf-dropout |" in report and (out / "missing.png").stat().st_size > 0
+    for metric in ("acc2", "f1", "mae", "corr", "acc7"):  # the metrics on continuous labels, each paired
+        assert f"{metric}, averaged over r" in report and f"Paired by seed, method − reference, {metric} " in report
+    assert "Paired by seed, method − reference, valid_acc2 " in report
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished point was trained again")

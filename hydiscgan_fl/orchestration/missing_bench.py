@@ -22,8 +22,9 @@ like for like; HyDiscGAN with missing modalities through Flower is covered by te
 
 Writes DIR/summary.csv (one row per rate, method, model, seed and subset; a rate, method, model and seed
 already there is skipped, so an interrupted grid resumes), DIR/summary.md (per method and subset the mean
-over r, mean ± std [95% interval] over seeds; metric against r for all modalities and for text alone; paired
-differences by seed, averaged over r) and DIR/missing.png (metric against r, a panel per subset).
+over r, mean ± std [95% interval] over seeds, of acc2 and F1, and of MAE, corr and acc7 on continuous labels;
+acc2 against r for all modalities and for text alone; paired differences by seed, averaged over r, of each
+metric and of the validation metrics) and DIR/missing.png (acc2 against r, a panel per subset).
 """
 
 from __future__ import annotations
@@ -123,7 +124,10 @@ def per_seed(table: pd.DataFrame, method: str, subsets: tuple[str, ...], metric:
 def write_missing_report(out: Path) -> str:
     table = pd.read_csv(out / "summary.csv", dtype={"model": str})
     settings = json.loads((out / "bench.json").read_text())
-    metrics = [m for m in ("acc2", "mae") if table[m].notna().any()]
+    metrics = [m for m in METRICS if table[m].notna().any()]  # MAE, corr and acc7 on continuous labels only
+    # the paired differences on the validation speakers too: a setting is chosen there, never on the test set
+    valid = [f"valid_{m}" for m in VALID_METRICS if f"valid_{m}" in table and table[f"valid_{m}"].notna().any()]
+    paired = [*metrics, *valid]
     methods = [m for m in METHODS if m in set(table["method"])]
     rates = sorted(set(table["missing_rate"]))
     subsets = (*SUBSETS, "all")
@@ -151,16 +155,18 @@ def write_missing_report(out: Path) -> str:
             means = [rows[rows["method"] == m][metrics[0]].mean() for m in methods]
             lines.append(f"| {rate:g} | " + " | ".join("" if np.isnan(v) else f"{v:.3f}" for v in means) + " |")
         lines.append("")
-    lines += [f"Paired by seed, method − reference, {metrics[0]} averaged over r [95% interval]; * where the "
-              "interval excludes zero", "",
-              "| method − reference | " + " | ".join(subsets) + " |", "|---|" + "---|" * len(subsets)]
-    for method, reference in COMPARISONS:
-        if method in methods and reference in methods:
-            diffs = [paired_difference(per_seed(table, method, _subsets(s), metrics[0]),
-                                       per_seed(table, reference, _subsets(s), metrics[0])) for s in subsets]
-            lines.append(f"| {method} − {reference} | "
-                         + " | ".join("" if np.isnan(d["mean"]) else _marked(d) for d in diffs) + " |")
-    lines += ["", "![metric against r](missing.png)", ""]
+    for metric in paired:
+        lines += [f"Paired by seed, method − reference, {metric} averaged over r [95% interval]; * where the "
+                  "interval excludes zero", "",
+                  "| method − reference | " + " | ".join(subsets) + " |", "|---|" + "---|" * len(subsets)]
+        for method, reference in COMPARISONS:
+            if method in methods and reference in methods:
+                diffs = [paired_difference(per_seed(table, method, _subsets(s), metric),
+                                           per_seed(table, reference, _subsets(s), metric)) for s in subsets]
+                lines.append(f"| {method} − {reference} | "
+                             + " | ".join("" if np.isnan(d["mean"]) else _marked(d) for d in diffs) + " |")
+        lines.append("")
+    lines += ["![metric against r](missing.png)", ""]
     text = "\n".join(lines)
     (out / "summary.md").write_text(text)
     plot_missing(table, methods, metrics[0], out / "missing.png")
