@@ -209,8 +209,9 @@ def test_pooling_loses_the_key_value_lookups() -> None:
 
 def test_every_modality_holds_the_shared_factor() -> None:
     """synthetic-shared, seeds 0-2: the same videos, lengths and split as synthetic-seq, each modality's steps
-    moved by one fixed direction times z_s (to float32 rounding), and a linear fit on any one modality's pooled steps (standardised
-    per speaker, fitted on the training speakers) correlates above 0.8 with z_s on the test speakers."""
+    moved by one fixed direction times z_s (to float32 rounding), and a linear fit on any one modality's
+    pooled steps (standardised per speaker, fitted on the training speakers) correlates above 0.8 with z_s on
+    the test speakers."""
     for seed in range(3):
         ds, latents = synthetic_sequences_with_latents(seed=seed, shared_factor=True)
         base = make_synthetic_sequences(seed=seed)
@@ -231,8 +232,8 @@ def test_every_modality_holds_the_shared_factor() -> None:
 
 
 def test_synthetic_seq_takes_a_speaker_count() -> None:
-    """"synthetic-seq:<n>" (and "synthetic-fusion:<n>", "synthetic-shared:<n>") has n speakers of 16 utterances; the bare spec keeps the
-    generator's 60."""
+    """"synthetic-seq:<n>" (and "synthetic-fusion:<n>", "synthetic-shared:<n>") has n speakers of 16
+    utterances; the bare spec keeps the generator's 60."""
     assert HyDiscGANConfig(dataset="synthetic-seq:240").dataset == "synthetic-seq:240"
     larger = load_dataset("synthetic-seq:12", None, 0, cached=False)
     assert len(set(larger.speakers.tolist())) == 12 and len(larger.labels) == 12 * 16

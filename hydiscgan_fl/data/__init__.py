@@ -22,9 +22,9 @@ Dataset specs for :func:`load_dataset`:
 audio/visual of width 0, their real widths in ``feature_dims``). What each spec reads for it:
 
 - "mosi-bclstm": transcripts.csv and text_*.csv only; no audio/video file is opened;
-- "synthetic", "synthetic-seq", "synthetic-fusion", "synthetic-shared": the data is generated in full (the generator draws all
-  modalities from one random stream), then audio/visual are dropped before the view is returned and cached.
-  It is nobody's data;
+- "synthetic", "synthetic-seq", "synthetic-fusion", "synthetic-shared": the data is generated in full (the
+  generator draws all modalities from one random stream), then audio/visual are dropped before the view is
+  returned and cached. It is nobody's data;
 - "mmsa:<path>": the pickle holds every modality, so its bytes are read and unpickled in full (restricted
   unpickler); audio/vision are never averaged and are dropped before the function returns;
 - "partitions:<dir>": server.npz, which holds text and labels only (``text_only`` changes nothing).
