@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
-from hydiscgan_fl.data import MultimodalDataset, load_dataset
+from hydiscgan_fl.data import GENERATED_DATASETS, MultimodalDataset, load_dataset
 from hydiscgan_fl.data.affect import AffectWindows, load_affect_dataset
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -223,7 +223,8 @@ class HyDiscGANConfig(BaseModel):
             if value.startswith("openface:") and not Path(value[9:]).is_absolute():
                 raise ValueError(f"openface dataset needs an absolute folder (au/, labels/), got {value!r}")
             return value
-        if value == "mosi-bclstm" or re.fullmatch(r"synthetic(-seq|-fusion|-shared)?(:\d+)?", value):
+        family, colon, count = value.partition(":")
+        if value == "mosi-bclstm" or (family in GENERATED_DATASETS and (not colon or count.isdecimal())):
             return value
         if value.startswith("mmsa:"):
             if not Path(value[5:]).is_absolute():
@@ -233,9 +234,8 @@ class HyDiscGANConfig(BaseModel):
             if not Path(value[11:]).is_absolute():
                 raise ValueError(f"partitions dataset needs an absolute folder holding server.npz, got {value!r}")
             return value
-        raise ValueError(f"unknown dataset {value!r}; use 'mosi-bclstm', 'synthetic', 'synthetic:<speakers>', 'synthetic-seq[:<speakers>]', "
-                         "'synthetic-fusion[:<speakers>]', 'synthetic-shared[:<speakers>]', "
-                         "'mmsa:/abs/path.pkl', "
+        generated = ", ".join(f"'{family}', '{family}:<speakers>'" for family in GENERATED_DATASETS)
+        raise ValueError(f"unknown dataset {value!r}; use 'mosi-bclstm', {generated}, 'mmsa:/abs/path.pkl', "
                          "'partitions:/abs/dir' or, for task 'affect', 'affect-synthetic[:<participants>]' or "
                          "'openface:/abs/dir'")
 

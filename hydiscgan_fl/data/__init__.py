@@ -70,6 +70,7 @@ __all__ = [
     "load_server_view",
     "load_dataset",
     "DATASET_SPECS",
+    "GENERATED_DATASETS",
     "VALID_FROM_TEST",
 ]
 
@@ -78,9 +79,13 @@ __all__ = [
 # round, test 0.76), so valid-from "auto" draws their validation speakers from the test speakers instead.
 VALID_FROM_TEST = frozenset({"mosi-bclstm"})
 
-DATASET_SPECS = ("mosi-bclstm", "synthetic", "synthetic:<number of speakers>", "synthetic-seq",
-                 "synthetic-seq:<number of speakers>", "synthetic-fusion", "synthetic-fusion:<number of speakers>",
-                 "synthetic-shared", "synthetic-shared:<number of speakers>",
+# Generated dataset families, the one list of them: "<family>" or "<family>:<number of speakers>".
+_GENERATORS = {"synthetic": make_synthetic, "synthetic-seq": make_synthetic_sequences,
+               "synthetic-fusion": make_synthetic_fusion, "synthetic-shared": make_synthetic_shared}
+GENERATED_DATASETS = tuple(_GENERATORS)
+
+DATASET_SPECS = ("mosi-bclstm", *(form for family in GENERATED_DATASETS
+                                  for form in (family, f"{family}:<number of speakers>")),
                  "mmsa:<absolute path to .pkl>", "partitions:<absolute dir>")
 
 
@@ -97,9 +102,6 @@ def _load_cached(spec: str, data_dir: Path | None, seed: int, valid_fraction: fl
     return with_validation_speakers(dataset, valid_fraction, seed, valid_from)
 
 
-# Generated dataset families: "<family>" or "<family>:<number of speakers>".
-_GENERATORS = {"synthetic": make_synthetic, "synthetic-seq": make_synthetic_sequences,
-               "synthetic-fusion": make_synthetic_fusion, "synthetic-shared": make_synthetic_shared}
 
 
 def _speaker_count(spec: str, family: str) -> dict[str, int]:
