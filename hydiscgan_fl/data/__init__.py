@@ -102,8 +102,6 @@ def _load_cached(spec: str, data_dir: Path | None, seed: int, valid_fraction: fl
     return with_validation_speakers(dataset, valid_fraction, seed, valid_from)
 
 
-
-
 def _speaker_count(spec: str, family: str) -> dict[str, int]:
     """The generator's arguments for `spec`: none for `family` ("synthetic", "synthetic-seq", ...: the generator's
     default count), ``num_speakers=n`` for "<family>:<n>" (e.g. "synthetic:1500" for 1,000+ training speakers)."""
